@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are pinned here (not in pyproject) to the wheels this machine serves from local disk.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+OUT ?= runs/demo
+
+.PHONY: demo test lint venv clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/sbssl demo --out $(OUT)
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -x --timeout=900
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

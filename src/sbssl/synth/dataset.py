@@ -1,0 +1,92 @@
+"""Write a synthetic set in MRNet-v1.0 layout: volumes, label CSVs, MRNet's prevalences."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sbssl.synth.exam import PLANES, Labels, render_exam
+from sbssl.utils.io import atomic_write_text, save_npy_atomic
+from sbssl.utils.progress import progress
+
+TASKS = ("abnormal", "acl", "meniscus")
+# MRNet-v1.0 prevalences: train 913 / 208 / 397 of 1130, valid 95 / 54 / 52 of 120.
+PREVALENCE = {"train": {"abnormal": 913 / 1130, "acl": 208 / 1130, "meniscus": 397 / 1130},
+              "valid": {"abnormal": 95 / 120, "acl": 54 / 120, "meniscus": 52 / 120}}
+ACL_WITH_MENISCUS = 0.5  # share of ACL tears with a meniscal tear too (they travel together)
+
+
+@dataclass
+class SynthSpec:
+    train: int = 1130
+    valid: int = 120
+    size: int = 256
+    seed: int = 0
+    difficulty: float = 0.5
+    workers: int = max(os.cpu_count() or 1, 1)
+
+    def cases(self) -> list[tuple[str, int]]:
+        return [("train", i) for i in range(self.train)] + \
+               [("valid", self.train + i) for i in range(self.valid)]
+
+
+def _count(rate: float, n: int) -> int:
+    k = round(rate * n)
+    return int(np.clip(k, 1, n - 1)) if n >= 2 else k
+
+
+def assign_labels(n: int, split: str, seed: int) -> list[Labels]:
+    """Exact MRNet prevalences; every ACL or meniscus positive is also abnormal."""
+    rng = np.random.default_rng([seed, 7, 0 if split == "train" else 1])
+    rate = PREVALENCE[split]
+    perm = rng.permutation(n)
+    n_acl, n_men = _count(rate["acl"], n), _count(rate["meniscus"], n)
+    acl = set(perm[:n_acl].tolist())
+    overlap = min(round(ACL_WITH_MENISCUS * n_acl), n_men)
+    men = set(perm[:overlap].tolist()) | set(perm[n_acl:n_acl + n_men - overlap].tolist())
+    torn = acl | men
+    rest = [int(i) for i in perm if int(i) not in torn]
+    n_abn = max(_count(rate["abnormal"], n), len(torn))
+    abnormal = torn | set(rest[: n_abn - len(torn)])
+    return [Labels(int(i in abnormal), int(i in acl), int(i in men)) for i in range(n)]
+
+
+def _write_exam(args: tuple) -> int:
+    out, split, case, labels, spec = args
+    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty)
+    for plane, vol in exam.volumes.items():
+        save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
+    return case
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def generate(out: Path, spec: SynthSpec) -> None:
+    """Render every exam (in parallel, deterministic per case) and write the CSVs last."""
+    out = Path(out)
+    labels = {"train": assign_labels(spec.train, "train", spec.seed),
+              "valid": assign_labels(spec.valid, "valid", spec.seed)}
+    for split in ("train", "valid"):
+        for plane in PLANES:
+            (out / split / plane).mkdir(parents=True, exist_ok=True)
+    jobs = [(out, split, case, labels[split][case - (0 if split == "train" else spec.train)], spec)
+            for split, case in spec.cases()]
+    with progress("synth", total=len(jobs), unit="exams") as bar:
+        if spec.workers <= 1:
+            for job in jobs:
+                _write_exam(job)
+                bar.advance()
+        else:
+            with ProcessPoolExecutor(spec.workers, initializer=_init_worker) as pool:
+                for _ in pool.map(_write_exam, jobs, chunksize=4):
+                    bar.advance()
+    for split, first in (("train", 0), ("valid", spec.train)):
+        for task in TASKS:
+            rows = "".join(f"{first + i:04d},{getattr(lab, task)}\n" for i, lab in enumerate(labels[split]))
+            atomic_write_text(out / f"{split}-{task}.csv", rows)
