@@ -1,0 +1,133 @@
+"""`sbssl COMMAND [--config FILE] [key=value ...]`: a thin layer over the library.
+
+User faults (SbsslError) print one line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sbssl.errors import SbsslError
+
+log = logging.getLogger("sbssl")
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True, out: bool = True) -> None:
+    p.add_argument("--config", help="YAML file or shipped recipe (e.g. pretrain/demo)")
+    if data:
+        p.add_argument("--data", help="dataset root (MRNet-v1.0 layout or generic folder)")
+    if out:
+        p.add_argument("--out", help="run folder to create")
+        p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sbssl", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate the synthetic knee MRI set (MRNet-v1.0 layout)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--train", type=int, default=1130)
+    p.add_argument("--valid", type=int, default=120)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 subtle tears, more noise")
+    p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
+    p.add_argument("--gallery", action="store_true", help="also write PNG mosaics under OUT/gallery/")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("check", help="validate a dataset and summarise it")
+    p.add_argument("--data", required=True)
+
+    p = sub.add_parser("pretrain", help="GMML self-supervised pretraining (stage 1)")
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (automatic if unfinished)")
+    return ap
+
+
+def _config(a: argparse.Namespace, default: str | None = None):
+    from sbssl.config import load_config
+
+    return load_config(a.config or default, a.overrides)
+
+
+def _data_root(a: argparse.Namespace, cfg) -> Path:
+    root = a.data or cfg.data.root
+    if not root:
+        raise SbsslError(f"{a.command}: give --data ROOT (or data.root=...)")
+    return Path(root)
+
+
+def _out(a: argparse.Namespace) -> Path:
+    if not a.out:
+        raise SbsslError(f"{a.command}: give --out DIR")
+    return Path(a.out)
+
+
+def cmd_pretrain(a: argparse.Namespace) -> None:
+    from sbssl.engine.pretrain import pretrain
+
+    cfg = _config(a)
+    path = pretrain(cfg, _data_root(a, cfg), _out(a), overwrite=a.overwrite, resume=a.resume)
+    print(f"encoder: {path}")
+
+
+def cmd_synth(a: argparse.Namespace) -> None:
+    import os
+
+    from sbssl.synth import SynthSpec, generate
+    from sbssl.synth.gallery import acl_gallery, meniscus_gallery
+    from sbssl.utils.rundir import prepare_out
+
+    if a.train < 0 or a.valid < 0 or (a.train + a.valid) == 0:
+        raise SbsslError("synth: --train and --valid must be >= 0 and not both 0")
+    if a.size < 32:
+        raise SbsslError("synth: --size must be >= 32")
+    if not 0.0 <= a.difficulty <= 1.0:
+        raise SbsslError("synth: --difficulty must be in [0, 1]")
+    out = Path(a.out)
+    prepare_out(out, a.overwrite, marker="train-acl.csv")
+    spec = SynthSpec(a.train, a.valid, a.size, a.seed, a.difficulty, a.workers or os.cpu_count() or 1)
+    generate(out, spec)
+    if a.gallery:
+        acl_gallery(out / "gallery" / "acl.png", seed=a.seed, size=a.size, difficulty=a.difficulty)
+        meniscus_gallery(out / "gallery" / "meniscus.png", seed=a.seed, size=a.size)
+    print(f"wrote {a.train}+{a.valid} exams to {out}")
+
+
+def cmd_check(a: argparse.Namespace) -> None:
+    from sbssl.data.check import check_dataset
+
+    rep = check_dataset(Path(a.data))
+    if rep.ok:
+        print(rep.text())
+        return
+    print(f"{rep.root}: {len(rep.faults)} fault(s)", file=sys.stderr)
+    for fault in rep.faults:
+        print(f"error: {fault}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+COMMANDS = {"synth": cmd_synth, "check": cmd_check, "pretrain": cmd_pretrain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except SbsslError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The typed configuration of every command: defaults < --config FILE < key=value overrides.
+
+One schema (OmegaConf structured dataclasses) for all commands; each reads the sections
+it needs. Unknown keys and ill-typed values are refused with one clear line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sbssl.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    root: str = ""
+    plane: str = "sagittal"  # sagittal | coronal | axial
+    task: str = "acl"  # acl | meniscus | abnormal
+    img_size: int = 256
+    cache_dir: str = ""  # default: ROOT/.sbssl-cache, else ~/.cache/sbssl
+    workers: int = 0  # DataLoader worker processes (the cache makes 0 fast enough on CPU)
+    mean: float = -1.0  # dataset statistics of [0,1]-scaled slices; -1 = from the train split
+    std: float = -1.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_small"  # vit_tiny | vit_small | vit_base | mrnet_cnn
+    patch_size: int = 16
+    in_chans: int = 1
+    drop_path: float = 0.1
+    skip_blocks: list[int] = field(default_factory=lambda: [6, 8, 10, 12])  # 1-indexed, of depth 12
+    decoder_dim: int = 0  # width of the light decoder's point-wise layers; 0 = encoder width
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class MaskConfig:
+    max_ratio: float = 0.7  # the paper's "up to 70%"
+    align: int = 1  # 1 = pixel-level groups; patch_size = patch-aligned groups
+    type: str = "noise"  # zeros | ones | noise | image | mix (or a comma list, e.g. "zeros,noise")
+    max_block: float = 0.3  # rectangle sides up to this fraction of the image
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
+    flip: float = 0.5
+    blur: float = 0.1  # probability; sigma in blur_sigma
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    sharpness: float = 0.2  # probability of a random sharpness change
+    brightness: float = 0.2
+    contrast: float = 0.2
+    jitter: float = 0.8  # probability of the brightness/contrast jitter
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64  # per device
+    lr: float = 5e-4  # base lr, scaled by global batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0
+    seed: int = 0
+    deterministic: bool = False
+    compile: bool = False
+    recon_every: int = 10  # epochs between reconstruction grids
+    max_steps: int = -1  # stop after this many optimiser steps (smoke tests); -1 = no limit
+    nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto = bf16-mixed where the hardware has it, else 32-true
+
+
+@dataclass
+class FinetuneConfig:
+    ensemble: int = 5
+    aggregator: str = "concat"  # concat | max | mean | attention
+    slices: int = 32  # f: exams are resampled to f slices for the concat aggregator
+    val_fraction: float = 0.2  # held-out part of train for model selection (never the reported split)
+    oversample: bool = True
+    layer_decay: float = 1.0  # 1.0 = off
+    batch_exams: int = 8
+    select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    init: str = "scratch"  # scratch | path to a GMML encoder.safetensors (or its run folder)
+
+
+CHOICES = {
+    "data.plane": ("sagittal", "coronal", "axial"),
+    "data.task": ("acl", "meniscus", "abnormal"),
+    "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
+    "finetune.aggregator": ("concat", "max", "mean", "attention"),
+    "finetune.select": ("auc", "last"),
+    "train.nonfinite": ("stop", "skip"),
+}
+MASK_TYPES = ("zeros", "ones", "noise", "image", "mix")
+
+
+def find_config(name: str) -> Path:
+    """A path, or a shipped recipe name such as 'pretrain/demo'."""
+    p = Path(name)
+    if p.exists():
+        return p
+    shipped = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"{name}: config file not found")
+
+
+def load_config(file: str | None = None, overrides: list[str] | None = None, base: DictConfig | None = None
+                ) -> DictConfig:
+    """Schema defaults, then `base` (e.g. a run's saved config), then the file, then overrides."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if base is not None:
+            cfg = OmegaConf.merge(cfg, base)
+        if file:
+            path = find_config(file)
+            try:
+                loaded = OmegaConf.load(path)
+            except Exception as e:
+                raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0][:120]})") from None
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"{path}: want a mapping of sections at the top level")
+            cfg = OmegaConf.merge(cfg, loaded)
+        for o in overrides or []:
+            if "=" not in o:
+                raise ConfigError(f"override '{o}': want key=value (e.g. train.epochs=5)")
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {_omega_msg(e)}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, allowed in CHOICES.items():
+        v = OmegaConf.select(cfg, key)
+        if v not in allowed:
+            raise ConfigError(f"config: {key}={v!r} is not one of {', '.join(allowed)}")
+    types = [t.strip() for t in str(cfg.mask.type).split(",")]
+    if not types or any(t not in MASK_TYPES for t in types):
+        raise ConfigError(f"config: mask.type={cfg.mask.type!r}: want {', '.join(MASK_TYPES)} or a comma list")
+    checks = [
+        ("mask.max_ratio", 0 < cfg.mask.max_ratio <= 0.95, "in (0, 0.95]"),
+        ("mask.align", cfg.mask.align >= 1 and cfg.data.img_size % cfg.mask.align == 0,
+         "a divisor of data.img_size"),
+        ("data.img_size", cfg.data.img_size >= 8, ">= 8"),
+        ("model.patch_size", cfg.model.patch_size >= 1 and cfg.data.img_size % cfg.model.patch_size == 0,
+         "a divisor of data.img_size"),
+        ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),
+        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("finetune.ensemble", cfg.finetune.ensemble >= 1, ">= 1"),
+        ("finetune.slices", cfg.finetune.slices >= 1, ">= 1"),
+        ("finetune.val_fraction", 0 < cfg.finetune.val_fraction < 1, "in (0, 1)"),
+    ]
+    for key, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"config: {key}={OmegaConf.select(cfg, key)!r} must be {want}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def _omega_msg(e: OmegaConfBaseException) -> str:
+    msg = str(e).splitlines()[0]
+    key = getattr(e, "full_key", None)
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return f"unknown key '{key or msg}'"
+    if key:
+        return f"{key}: {msg}"
+    return msg

@@ -1,0 +1,144 @@
+"""Finding exams and labels on disk: MRNet-v1.0 layout, or a generic folder + labels.csv.
+
+MRNet-v1.0:  ROOT/{train,valid}/{sagittal,coronal,axial}/NNNN.npy
+             ROOT/{train,valid}-{abnormal,acl,meniscus}.csv   (no header: ``0000,1``)
+Generic:     ROOT[/SPLIT]/<case>.npy | <case>.nii[.gz] | <case>/ (DICOM series)
+             ROOT[/SPLIT]/labels.csv                          (header ``case,label``)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sbssl.data.volume_io import case_id, is_volume_path
+from sbssl.errors import DataError
+
+PLANES = ("sagittal", "coronal", "axial")
+TASKS = ("acl", "meniscus", "abnormal")
+SPLITS = ("train", "valid")
+log = logging.getLogger("sbssl")
+
+
+@dataclass(frozen=True)
+class ExamRecord:
+    case: str  # the id as the dataset spells it ("0005", "1130", a file name)
+    path: Path
+    label: int | None  # None where unknown
+
+
+def _key(case: str) -> str:
+    """Ids compare without zero padding: '0005' == '5'."""
+    return str(int(case)) if case.isdigit() else case
+
+
+def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, int]]:
+    """Label CSV -> {key: (case as written, 0/1)}; faults name the file and row."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(path, "label file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"unreadable label file ({e.__class__.__name__})") from None
+    out: dict[str, tuple[str, int]] = {}
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as e:
+        raise DataError(path, f"malformed CSV ({e})") from None
+    for i, row in enumerate(rows, 1):
+        row = [c.strip() for c in row]
+        if not row or all(c == "" for c in row):
+            continue
+        if i == 1 and (header or (header is None and row[-1].lower() in ("label", "labels", "y", "target"))):
+            continue
+        if len(row) != 2 or not row[0]:
+            raise DataError(path, f"row {i}: want 'case,label', got {','.join(row)[:60]!r}")
+        case, label = row
+        if label not in ("0", "1"):
+            raise DataError(path, f"row {i}: label {label[:20]!r} for case {case[:40]!r} is not 0 or 1")
+        k = _key(case)
+        if k in out:
+            raise DataError(path, f"row {i}: case {case[:40]!r} listed twice")
+        out[k] = (case, int(label))
+    return out
+
+
+def is_mrnet(root: Path) -> bool:
+    return any((root / f"{s}-{t}.csv").exists() for s in SPLITS for t in TASKS) or \
+        any((root / s / p).is_dir() for s in SPLITS for p in PLANES)
+
+
+def resolve_root(root: Path) -> Path:
+    """Accept the folder that holds MRNet-v1.0/ as well as MRNet-v1.0/ itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+    if (root / "MRNet-v1.0").is_dir() and not is_mrnet(root):
+        return root / "MRNet-v1.0"
+    return root
+
+
+def mrnet_split(root: Path, split: str, plane: str, task: str, labelled: bool = True) -> list[ExamRecord]:
+    folder = root / split / plane
+    if not folder.is_dir():
+        raise DataError(folder, f"missing folder for split '{split}', plane '{plane}'")
+    files = {}
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix.lower() == ".npy" and not p.name.startswith("."):
+            files[_key(p.stem)] = p
+    csv_path = root / f"{split}-{task}.csv"
+    if not labelled and not csv_path.exists():
+        return _records(files, {}, folder)
+    labels = read_labels(csv_path, header=None)
+    for k, (case, _) in labels.items():
+        if k not in files:
+            raise DataError(csv_path, f"case {case} has no volume {split}/{plane}/{case}.npy")
+    return _records(files, labels, folder)
+
+
+def generic_split(folder: Path) -> list[ExamRecord]:
+    files = {}
+    for p in folder.iterdir():
+        if is_volume_path(p) and p.name != "labels.csv":
+            files[_key(case_id(p))] = p
+    csv_path = folder / "labels.csv"
+    labels = read_labels(csv_path, header=None) if csv_path.exists() else {}
+    for k, (case, _) in labels.items():
+        if k not in files:
+            raise DataError(csv_path, f"case {case} has no volume in {folder}")
+    return _records(files, labels, folder)
+
+
+def _records(files: dict[str, Path], labels: dict, folder: Path) -> list[ExamRecord]:
+    if labels:
+        extra = sorted(set(files) - set(labels))
+        if extra:
+            log.warning("%s: %d volume(s) not in the label file, skipped (e.g. %s)", folder, len(extra),
+                        files[extra[0]].name)
+        keys = [k for k in files if k in labels]
+    else:
+        keys = list(files)
+    if not keys:
+        raise DataError(folder, "empty split: no exams found")
+    keys.sort(key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+    if labels:
+        return [ExamRecord(files[k].stem if files[k].suffix == ".npy" else case_id(files[k]), files[k],
+                           labels[k][1]) for k in keys]
+    return [ExamRecord(case_id(files[k]), files[k], None) for k in keys]
+
+
+def list_exams(root: Path, split: str, plane: str = "sagittal", task: str = "acl",
+               labelled: bool = True) -> list[ExamRecord]:
+    """The exams of one split (and plane/task for MRNet) with their labels."""
+    if plane not in PLANES:
+        raise DataError(root, f"unknown plane '{plane}' (want one of {', '.join(PLANES)})")
+    if task not in TASKS:
+        raise DataError(root, f"unknown task '{task}' (want one of {', '.join(TASKS)})")
+    root = resolve_root(root)
+    if is_mrnet(root):
+        return mrnet_split(root, split, plane, task, labelled)
+    folder = root / split if (root / split).is_dir() else root
+    return generic_split(folder)

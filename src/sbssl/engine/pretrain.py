@@ -1,0 +1,247 @@
+"""Stage 1: GMML self-supervised pretraining on single slices (paper section 3.2, 4.1).
+
+One step: uint8 slices -> [0, 1] -> augment -> normalise -> group-mask -> ViT ->
+averaged skip blocks -> light decoder -> L1 on masked pixels -> AdamW. Everything after
+the cache read is batched on the training device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+
+from sbssl.augment import SliceAugment
+from sbssl.config import to_yaml
+from sbssl.data.cache import build_cache, default_cache_dir
+from sbssl.data.datasets import SliceDataset
+from sbssl.data.layout import list_exams
+from sbssl.engine import checkpoint as ckpt
+from sbssl.engine.runtime import make_fabric, seed_everything
+from sbssl.engine.schedules import apply_schedule, cosine, param_groups
+from sbssl.errors import SbsslError
+from sbssl.masking import GroupMasking
+from sbssl.models.gmml import GMMLAutoencoder
+from sbssl.models.vit import create_encoder, encoder_meta
+from sbssl.utils.draw import Draw
+from sbssl.utils.io import atomic_write, atomic_write_text
+from sbssl.utils.progress import progress
+from sbssl.utils.rundir import RunLock, prepare_run
+
+log = logging.getLogger("sbssl")
+FINISHED = "encoder.safetensors"
+
+
+def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labelled: bool = True):
+    """Build (rank 0 first) or open the slice cache of a split; returns (cache, records)."""
+    records = list_exams(root, split, cfg.data.plane, cfg.data.task, labelled=labelled)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
+    name = f"{split}-{cfg.data.plane}"
+    if fabric is not None and fabric.world_size > 1:
+        if fabric.global_rank == 0:
+            build_cache(records, cfg.data.img_size, cache_dir, name)
+        fabric.barrier()
+    return build_cache(records, cfg.data.img_size, cache_dir, name), records
+
+
+class GMMLStep:
+    """Augment + corrupt + reconstruct + loss for one batch of uint8 slices (composable, testable)."""
+
+    def __init__(self, cfg: DictConfig, mean: float, std: float):
+        self.augment = SliceAugment.from_config(cfg.augment)
+        self.masking = GroupMasking.from_config(cfg.mask, ones_value=(1.0 - mean) / std)
+        self.mean, self.std, self.in_chans = mean, std, cfg.model.in_chans
+
+    def inputs(self, x_u8: torch.Tensor, draw: Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (clean target, corrupted input, mask), all normalised."""
+        x = self.augment(x_u8.float() / 255.0, draw=draw)
+        x = (x - self.mean) / self.std
+        if self.in_chans != 1:
+            x = x.expand(-1, self.in_chans, -1, -1)
+        corrupted, mask = self.masking(x, draw)
+        return x, corrupted, mask
+
+
+def build_model(cfg: DictConfig) -> GMMLAutoencoder:
+    m = cfg.model
+    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path)
+    return GMMLAutoencoder(enc, list(m.skip_blocks), m.decoder_dim, m.grad_checkpointing)
+
+
+def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    fabric = make_fabric(cfg.trainer)
+    rank0 = fabric.global_rank == 0
+    out = Path(out)
+    if rank0:
+        prepare_run(out, overwrite, resume, FINISHED)
+    fabric.barrier()
+    with RunLock(out) if rank0 else nullcontext():
+        return _pretrain(cfg, fabric, Path(root), out)
+
+
+def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
+    rank0, world = fabric.global_rank == 0, fabric.world_size
+    seed_everything(cfg.train.seed + fabric.global_rank, cfg.train.deterministic)
+    cache, _ = slice_cache_for(cfg, root, "train", fabric, labelled=False)  # labels unused
+    mean = cfg.data.mean if cfg.data.mean > 0 else cache.mean
+    std = cfg.data.std if cfg.data.std > 0 else cache.std
+    cfg.data.mean, cfg.data.std, cfg.data.root = float(mean), float(std), str(root)
+    dataset = SliceDataset(cache)
+    global_batch = cfg.train.batch_size * world
+    steps_per_epoch = len(dataset) // global_batch
+    if steps_per_epoch == 0:
+        raise SbsslError(f"{root}: {len(dataset)} slices are fewer than one global batch ({global_batch})")
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_model(cfg)
+    torch.manual_seed(cfg.train.seed + fabric.global_rank)
+    lr = cfg.train.lr * global_batch / 256
+    opt = torch.optim.AdamW(param_groups(model), lr=lr)
+    model_f, opt_f = fabric.setup(model, opt)
+    if cfg.train.compile:
+        model_f = torch.compile(model_f)
+    step_fn = GMMLStep(cfg, mean, std)
+
+    start_epoch, step = 0, 0
+    state = ckpt.load_checkpoint(out / "checkpoints")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt_f.load_state_dict(state["optimizer"])
+        ckpt.set_rng_state(state["rng"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        if rank0:
+            log.info("resuming %s at epoch %d (step %d)", out, start_epoch, step)
+    elif rank0:
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps > 0:
+        total = min(total, cfg.train.max_steps)
+    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
+    fixed = torch.from_numpy(cache.data[torch.linspace(0, len(dataset) - 1, 6).long().numpy()])[:, None]
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if step >= total:
+            break
+        model_f.train()
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
+        t0, seen, loss_sum, n_loss = time.perf_counter(), 0, torch.zeros((), device=fabric.device), 0
+        status = ""
+        with progress(f"pretrain {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "steps", enabled=None if rank0 else False) as bar:
+            for b in range(steps_per_epoch):
+                if step >= total:
+                    break
+                idx = order[b * global_batch: (b + 1) * global_batch]
+                idx = idx[fabric.global_rank * cfg.train.batch_size: (fabric.global_rank + 1) * cfg.train.batch_size]
+                x_u8 = dataset[idx.tolist()].to(fabric.device, non_blocking=True)
+                lr_now = cosine(step, total, lr, cfg.train.min_lr, warmup)
+                wd_now = cosine(step, total, cfg.train.weight_decay, cfg.train.weight_decay_end)
+                apply_schedule(opt_f, lr_now, wd_now)
+                gen = torch.Generator(fabric.device).manual_seed(cfg.train.seed * 1_000_003 + step)
+                target, corrupted, mask = step_fn.inputs(x_u8, Draw(fabric.device, gen, fabric.global_rank, world))
+                recon = model_f(corrupted)
+                loss = _global_masked_l1(fabric, recon.float(), target, mask)
+                if not torch.isfinite(loss):
+                    if cfg.train.nonfinite == "skip":
+                        log.warning("non-finite loss at epoch %d step %d: step skipped", epoch, step)
+                        opt_f.zero_grad(set_to_none=True)
+                        step += 1
+                        continue
+                    raise SbsslError(f"non-finite loss at epoch {epoch} step {step}; last good checkpoint: "
+                                     f"{out / 'checkpoints' / 'last.pt'} (weights were not updated)")
+                fabric.backward(loss)
+                if cfg.train.clip_grad > 0:
+                    fabric.clip_gradients(model_f, opt_f, max_norm=cfg.train.clip_grad, error_if_nonfinite=False)
+                opt_f.step()
+                opt_f.zero_grad(set_to_none=True)
+                step += 1
+                seen += x_u8.shape[0] * world
+                loss_sum += loss.detach()
+                n_loss += 1
+                if b % 5 == 0:
+                    ips = seen / max(time.perf_counter() - t0, 1e-9)
+                    status = f"loss {loss.item():.4f} {ips:.0f} img/s"
+                bar.advance(1, status=status)
+        epoch_loss = float(fabric.all_reduce(loss_sum / max(n_loss, 1), reduce_op="mean"))
+        elapsed = time.perf_counter() - t0
+        if rank0:
+            rec = {"epoch": epoch, "step": step, "loss": epoch_loss, "lr": lr_now, "wd": wd_now,
+                   "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            last_epoch = epoch == cfg.train.epochs - 1 or step >= total
+            if cfg.train.recon_every > 0 and ((epoch + 1) % cfg.train.recon_every == 0 or last_epoch):
+                save_recon_grid(model, step_fn, fixed.to(fabric.device), out / "recon" / f"epoch_{epoch + 1:04d}.png",
+                                cfg.train.seed)
+            ckpt.save_checkpoint(out / "checkpoints", {
+                "model": model.state_dict(), "optimizer": opt_f.state_dict(), "epoch": epoch, "step": step,
+                "rng": ckpt.rng_state(), "loss": epoch_loss})
+        fabric.barrier()
+    if rank0:
+        save_encoder(model, cfg, out / FINISHED)
+        log.info("pretraining done: %s", out / FINISHED)
+    fabric.barrier()
+    return out / FINISHED
+
+
+def _global_masked_l1(fabric, recon, target, mask) -> torch.Tensor:
+    """Masked L1 normalised by the mask size of the global batch: DDP then equals one process."""
+    m = mask.to(recon.dtype).expand_as(recon)
+    count = m.sum()
+    if fabric.world_size > 1:
+        count = fabric.all_reduce(count.detach(), reduce_op="sum") / fabric.world_size
+    return ((recon - target).abs() * m).sum() / count.clamp(min=1.0)
+
+
+def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:
+    """The encoder alone, as timm names its weights, plus what rebuilds it and its input scaling."""
+    meta = encoder_meta(model.encoder, cfg.model.name)
+    meta.update({"mean": str(cfg.data.mean), "std": str(cfg.data.std), "format": "sbssl-gmml-encoder"})
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
+    atomic_write(path, lambda p: save_file(sd, str(p), metadata=meta))
+
+
+@torch.no_grad()
+def save_recon_grid(model: GMMLAutoencoder, step_fn: GMMLStep, x_u8: torch.Tensor, path: Path, seed: int) -> None:
+    """Rows: original, corrupted, reconstruction, mask (as the paper's Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(x_u8.device).manual_seed(seed + 12345)
+    draw = Draw(x_u8.device, gen)
+    x = (x_u8.float() / 255.0 - step_fn.mean) / step_fn.std
+    if step_fn.in_chans != 1:
+        x = x.expand(-1, step_fn.in_chans, -1, -1)
+    corrupted, mask = step_fn.masking(x, draw)
+    recon = model(corrupted).float()
+    model.train(was_training)
+    shown = torch.where(mask, recon, x)
+    rows = [("original", x), ("corrupted", corrupted), ("reconstruction", recon), ("restored", shown),
+            ("mask", mask.float())]
+    n = x.shape[0]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.6 * len(rows)), squeeze=False)
+    lo, hi = float(x.min()), float(x.max())
+    for r, (name, imgs) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            img = imgs[c, 0].cpu().numpy()
+            ax.imshow(img, cmap="gray", vmin=0 if name == "mask" else lo, vmax=1 if name == "mask" else hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=70, format="png"))
+    plt.close(fig)
+

@@ -1,0 +1,47 @@
+"""Devices, precision and processes through Lightning Fabric (CPU, GPU, DDP, multi-node)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+
+
+def cpu_has_bf16() -> bool:
+    """AMX (or AVX512-BF16) makes bf16 matmuls fast on CPU; without it bf16 is slower than fp32."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()) or bool(torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def make_fabric(trainer_cfg) -> Fabric:
+    """A launched Fabric; with devices > 1 on CPU this spawns gloo DDP processes."""
+    devices = trainer_cfg.devices
+    fabric = Fabric(accelerator=trainer_cfg.accelerator, devices=devices, num_nodes=trainer_cfg.num_nodes,
+                    strategy=trainer_cfg.strategy,
+                    precision=resolve_precision(str(trainer_cfg.precision), str(trainer_cfg.accelerator)))
+    fabric.launch()
+    return fabric
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False

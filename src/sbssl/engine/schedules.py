@@ -1,0 +1,46 @@
+"""Per-iteration schedules (DINO/GMML style): linear warmup then cosine, and the optimiser groups."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn as nn
+
+
+def cosine(step: int, total: int, start: float, end: float, warmup: int = 0, warmup_from: float = 0.0) -> float:
+    """Linear warmup from warmup_from to start over `warmup` steps, then cosine to `end`."""
+    if step < warmup:
+        return warmup_from + (start - warmup_from) * step / max(warmup, 1)
+    t = (step - warmup) / max(total - warmup, 1)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def param_groups(model: nn.Module, layer_decay: float = 1.0, n_layers: int = 0) -> list[dict]:
+    """No weight decay on biases and norm weights (1-D params); optional layer-wise lr decay.
+
+    With layer_decay < 1, parameters of encoder block i get lr * layer_decay**(n_layers - i),
+    the embeddings get the smallest and the head the full rate (BEiT/MAE fine-tuning).
+    """
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = not (p.ndim <= 1 or name.endswith(".bias"))
+        scale = layer_decay ** (n_layers + 1 - _layer_id(name, n_layers)) if layer_decay < 1 else 1.0
+        groups.setdefault((decay, scale), []).append(p)
+    return [{"params": ps, "apply_wd": d, "lr_scale": s, "weight_decay": 0.0} for (d, s), ps in groups.items()]
+
+
+def _layer_id(name: str, n_layers: int) -> int:
+    if any(k in name for k in ("cls_token", "pos_embed", "patch_embed", "reg_token")):
+        return 0
+    if ".blocks." in name or name.startswith("blocks."):
+        after = name.split("blocks.", 1)[1]
+        return int(after.split(".", 1)[0]) + 1
+    return n_layers + 1
+
+
+def apply_schedule(optimizer, lr: float, wd: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["weight_decay"] = wd if g.get("apply_wd", True) else 0.0

@@ -1,0 +1,71 @@
+"""Run folders: refuse to clobber finished work, and one writer at a time (a lock file)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from sbssl.errors import SbsslError
+
+
+def prepare_out(out: Path, overwrite: bool, marker: str) -> None:
+    """Create `out`; refuse when it holds a finished run (its `marker` file) unless overwrite."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SbsslError(f"{out}: exists and is not a folder")
+    if (out / marker).exists():
+        if not overwrite:
+            raise SbsslError(f"{out}: holds a finished run ({marker}); pass --overwrite to replace it")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class RunLock:
+    """An exclusive lock file in the run folder, so two runs never write one folder."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SbsslError(f"{self.path.parent}: another sbssl run is writing this folder") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def prepare_run(out: Path, overwrite: bool, resume: bool, finished_marker: str) -> bool:
+    """Ready a training run folder; returns True when an unfinished run is there to resume.
+
+    A finished run is refused without --overwrite; an unfinished one (a checkpoint but no
+    `finished_marker`) is resumed automatically unless --overwrite starts afresh.
+    """
+    out = Path(out)
+    has_ckpt = (out / "checkpoints" / "last.pt").exists() or (out / "checkpoints" / "prev.pt").exists()
+    if overwrite and out.exists():
+        prepare_out(out, True, marker=".")  # wipe everything
+        return False
+    prepare_out(out, False, marker=finished_marker)
+    if resume and not has_ckpt:
+        logging.getLogger("sbssl").info("%s: no checkpoint to resume; starting afresh", out)
+    return has_ckpt

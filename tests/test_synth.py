@@ -1,0 +1,131 @@
+"""The synthetic knee MRI set: MRNet layout, determinism, prevalences, recognisable findings."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sbssl.synth import Labels, SynthSpec, assign_labels, generate, render_exam
+from sbssl.synth.anatomy import CARTILAGE, FLUID, LIGAMENT, MARROW
+from sbssl.synth.exam import SLICE_RANGES, acl_slice
+from sbssl.synth.geometry import Canvas
+
+from .conftest import TINY, assert_user_error, run_cli
+
+CHECKER = Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "check_mrnet_layout.py"
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_dtypes_shapes_and_csvs(tiny_set: Path):
+    for split, ids in (("train", range(TINY.train)), ("valid", range(TINY.train, TINY.train + TINY.valid))):
+        for plane in ("sagittal", "coronal", "axial"):
+            files = sorted(p.name for p in (tiny_set / split / plane).iterdir())
+            assert files == [f"{i:04d}.npy" for i in ids]
+            lo, hi = SLICE_RANGES[(split, plane)]
+            for f in files:
+                arr = np.load(tiny_set / split / plane / f, allow_pickle=False)
+                assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[1:] == (64, 64)
+                assert lo <= arr.shape[0] <= hi
+                assert arr.std() > 5
+        for task in ("abnormal", "acl", "meniscus"):
+            rows = (tiny_set / f"{split}-{task}.csv").read_text().splitlines()
+            assert [r.split(",")[0] for r in rows] == [f"{i:04d}" for i in ids]  # no header, zero padded
+            assert {r.split(",")[1] for r in rows} <= {"0", "1"}
+
+
+def test_every_tear_is_abnormal(tiny_set: Path):
+    for split in ("train", "valid"):
+        lab = {t: dict(r.split(",") for r in (tiny_set / f"{split}-{t}.csv").read_text().splitlines())
+               for t in ("abnormal", "acl", "meniscus")}
+        for case, v in lab["acl"].items():
+            if v == "1" or lab["meniscus"][case] == "1":
+                assert lab["abnormal"][case] == "1"
+
+
+def test_reference_checker_accepts_default_size(tmp_path: Path):
+    """The project's contract checker (256 px) on a small set."""
+    root = tmp_path / "d"
+    generate(root, SynthSpec(train=3, valid=2, size=256, seed=1, workers=2))
+    res = subprocess.run([sys.executable, str(CHECKER), str(root), "3", "2"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    assert res.stdout.startswith("ok:")
+
+
+def test_deterministic_bytes_and_seed_changes_them(tmp_path: Path):
+    spec = SynthSpec(train=4, valid=2, size=48, seed=11, workers=1)
+    generate(tmp_path / "a", spec)
+    generate(tmp_path / "b", SynthSpec(**{**spec.__dict__, "workers": 2}))  # workers do not matter
+    generate(tmp_path / "c", SynthSpec(**{**spec.__dict__, "seed": 12}))
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_prevalences_match_mrnet():
+    for split, n, want in (("train", 1130, (913, 208, 397)), ("valid", 120, (95, 54, 52))):
+        labs = assign_labels(n, split, seed=0)
+        got = (sum(x.abnormal for x in labs), sum(x.acl for x in labs), sum(x.meniscus for x in labs))
+        assert got == want
+        assert all(x.abnormal for x in labs if x.acl or x.meniscus)
+        both = sum(x.acl and x.meniscus for x in labs)
+        assert 0 < both < want[1]  # tears co-occur, but not always
+
+
+def _labels_of(exam, plane="sagittal") -> np.ndarray:
+    from sbssl.synth.anatomy import paint_knee
+
+    cv = Canvas(exam.grids[plane], mirror_x=exam.knee.mirror)
+    paint_knee(cv, exam.knee)
+    return cv.labels
+
+
+def test_acl_tear_changes_the_ligament_and_intact_one_is_dark():
+    intact = render_exam(5, 1, "train", Labels(0, 0, 0), size=128)
+    torn = render_exam(5, 1, "train", Labels(1, 1, 0), size=128)
+    li, lt = _labels_of(intact), _labels_of(torn)
+    # same subject (anatomy drawn after findings from one stream), different notch content
+    k = acl_slice(intact)
+    assert (li[k] == LIGAMENT).sum() > 20
+    assert not np.array_equal(li, lt)
+    # every exam holds the main tissues
+    for t in (MARROW, CARTILAGE, LIGAMENT):
+        assert (li == t).any()
+    sev = torn.knee.findings.acl_severity
+    assert 0 < sev <= 1
+
+
+def test_meniscal_tear_is_a_bright_line_in_the_dark_wedge():
+    ex = render_exam(2, 7, "train", Labels(1, 0, 1), size=128)
+    assert ex.knee.findings.meniscus_tear
+    lab = _labels_of(ex)
+    ex0 = render_exam(2, 7, "train", Labels(1, 0, 0), size=128)
+    # the tear adds fluid signal inside the meniscus region
+    assert (lab == FLUID).sum() != (_labels_of(ex0) == FLUID).sum()
+
+
+def test_synth_cli_refuses_to_overwrite_and_validates_args(tmp_path: Path):
+    out = tmp_path / "s"
+    assert run_cli("synth", "--out", out, "--train", 2, "--valid", 1, "--size", 32, "--workers", 1).returncode == 0
+    before = (out / "train-acl.csv").read_bytes()
+    assert_user_error(run_cli("synth", "--out", out, "--train", 2, "--valid", 1, "--size", 32), str(out),
+                      "--overwrite")
+    assert (out / "train-acl.csv").read_bytes() == before
+    assert_user_error(run_cli("synth", "--out", tmp_path / "x", "--difficulty", 3), "difficulty")
+
+
+def test_gallery_writes_pngs(tmp_path: Path):
+    from sbssl.synth.gallery import acl_gallery
+
+    p = acl_gallery(tmp_path / "g.png", pairs=1, size=64)
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
