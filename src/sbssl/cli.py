@@ -46,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="GMML self-supervised pretraining (stage 1)")
     _common(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out (automatic if unfinished)")
+
+    p = sub.add_parser("finetune", help="slice-based fine-tuning of an ensemble (stage 2)")
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (automatic if unfinished)")
+
+    p = sub.add_parser("evaluate", help="score a fine-tuned run on a split")
+    _common(p)
+    p.add_argument("--model", required=True, help="a fine-tuned run folder")
+    p.add_argument("--split", default="valid")
+
+    p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--out", help="where compare.json/.png go (default: RUN_A)")
+    p.add_argument("--reps", type=int, default=2000)
     return ap
 
 
@@ -112,7 +127,46 @@ def cmd_check(a: argparse.Namespace) -> None:
     raise SystemExit(2)
 
 
-COMMANDS = {"synth": cmd_synth, "check": cmd_check, "pretrain": cmd_pretrain}
+def cmd_finetune(a: argparse.Namespace) -> None:
+    from sbssl.engine.finetune import finetune
+    from sbssl.evaluate.report_files import load_metrics
+
+    cfg = _config(a)
+    out = finetune(cfg, _data_root(a, cfg), _out(a), overwrite=a.overwrite, resume=a.resume)
+    m = load_metrics(out)
+    print(f"{out}: {m['task']} AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], "
+          f"accuracy {m['accuracy']:.3f} ({m['members']} members, {m['split']})")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from sbssl.evaluate.report_files import evaluate_run
+
+    if a.overrides:
+        raise SbsslError("evaluate: the model's own config is used; overrides are not accepted")
+    out = _out(a)
+    out.mkdir(parents=True, exist_ok=True)
+    root = Path(a.data) if a.data else None
+    if root is None:
+        from omegaconf import OmegaConf
+
+        cfg_path = Path(a.model) / "config.yaml"
+        root = Path(OmegaConf.load(cfg_path).data.root) if cfg_path.exists() else None
+    if root is None:
+        raise SbsslError("evaluate: give --data ROOT")
+    m = evaluate_run(Path(a.model), root, a.split, out)
+    print(f"{out}: AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], accuracy {m['accuracy']:.3f}")
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from sbssl.evaluate.report_files import compare_runs
+
+    r = compare_runs(Path(a.run_a), Path(a.run_b), Path(a.out or a.run_a), a.reps)
+    print(f"AUC {r['auc_a']:.3f} vs {r['auc_b']:.3f}: difference {r['difference']:+.3f} "
+          f"95% CI [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] (paired bootstrap, n={r['n']})")
+
+
+COMMANDS = {"synth": cmd_synth, "check": cmd_check, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
+            "evaluate": cmd_evaluate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,211 @@
+"""Stage 2: slice-based fine-tuning of an ensemble (paper section 4.1).
+
+Per member (its own seed): minority oversampling to the majority's count each epoch,
+the pretraining augmentations drawn once per exam (shared by its slices), cross-entropy,
+AdamW with warmup + cosine. The epoch kept is the one with the best AUC on a held-out,
+stratified part of the *train* split; the reported split is never looked at until the
+ensemble is final.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+from sklearn.metrics import roc_auc_score
+
+from sbssl.augment import SliceAugment
+from sbssl.config import to_yaml
+from sbssl.engine import checkpoint as ckpt
+from sbssl.engine.inference import (
+    apply_encoder_meta,
+    build_classifier,
+    config_json,
+    encoder_init,
+    gather_exams,
+    predict_probs,
+    scale01,
+)
+from sbssl.engine.pretrain import slice_cache_for
+from sbssl.engine.runtime import make_fabric, seed_everything
+from sbssl.engine.schedules import apply_schedule, cosine, param_groups
+from sbssl.errors import SbsslError
+from sbssl.utils.draw import Draw
+from sbssl.utils.io import atomic_write, atomic_write_text
+from sbssl.utils.progress import progress
+from sbssl.utils.rundir import RunLock, prepare_run
+
+log = logging.getLogger("sbssl")
+FINISHED = "metrics.json"
+
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, held-out) exam indices; the held-out part keeps the class balance, >= 1 of each class."""
+    rng = np.random.default_rng(seed)
+    fit, held = [], []
+    for c in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[:k])
+        fit.append(idx[k:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+def oversampled_order(labels: np.ndarray, idx: np.ndarray, gen: torch.Generator, oversample: bool = True
+                      ) -> np.ndarray:
+    """One epoch: every exam once, the minority class resampled up to the majority's count."""
+    pos, neg = idx[labels[idx] == 1], idx[labels[idx] == 0]
+    parts = [pos, neg]
+    if oversample and len(pos) and len(neg) and len(pos) != len(neg):
+        small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
+        extra = small[torch.randint(len(small), (len(big) - len(small),), generator=gen).numpy()]
+        parts = [small, extra, big]
+    allx = np.concatenate(parts)
+    return allx[torch.randperm(len(allx), generator=gen).numpy()]
+
+
+def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    fabric = make_fabric(cfg.trainer)
+    rank0 = fabric.global_rank == 0
+    out = Path(out)
+    if rank0:
+        prepare_run(out, overwrite, resume, FINISHED)
+    fabric.barrier()
+    with RunLock(out) if rank0 else nullcontext():
+        return _finetune(cfg, fabric, Path(root), out)
+
+
+def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
+    rank0 = fabric.global_rank == 0
+    init = encoder_init(str(cfg.init))
+    if init is not None:
+        apply_encoder_meta(cfg, init[1])
+        cfg.init = f"gmml:{init[2]}"
+    cache, records = slice_cache_for(cfg, root, "train", fabric)
+    if cfg.data.mean <= 0:
+        cfg.data.mean, cfg.data.std = float(cache.mean), float(cache.std)
+    cfg.data.root = str(root)
+    labels = np.array([r.label for r in records])
+    if len(np.unique(labels)) < 2:
+        raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
+    fit, held = stratified_holdout(labels, cfg.finetune.val_fraction, cfg.train.seed)
+    if rank0:
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+        atomic_write_text(out / "split.json", json.dumps({"fit": [records[i].case for i in fit],
+                                                          "held_out": [records[i].case for i in held]}) + "\n")
+    for m in range(cfg.finetune.ensemble):
+        seed = cfg.train.seed + m
+        path = out / f"model-{seed}.safetensors"
+        if path.exists():
+            continue
+        state, info = train_member(cfg, fabric, cache, labels, fit, held, seed, init, out)
+        if rank0:
+            meta = {"config": config_json(cfg), "seed": str(seed), **{k: str(v) for k, v in info.items()}}
+            atomic_write(path, lambda p, s=state, md=meta: save_file(s, str(p), metadata=md))
+        fabric.barrier()
+    if rank0:
+        from sbssl.evaluate.report_files import evaluate_run
+
+        evaluate_run(out, root, "valid", out, device=fabric.device)
+    fabric.barrier()
+    return out
+
+
+def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
+                 seed: int, init, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train one ensemble member; returns the weights of its best held-out epoch."""
+    rank, world = fabric.global_rank, fabric.world_size
+    seed_everything(seed + rank, cfg.train.deterministic)
+    torch.manual_seed(seed)
+    model = build_classifier(cfg)
+    if init is not None:
+        model.encoder.load_state_dict(init[0])
+    depth = len(getattr(model.encoder, "blocks", []))
+    groups = param_groups(model, cfg.finetune.layer_decay, depth)
+    ge = cfg.finetune.batch_exams * world
+    lr = cfg.train.lr * ge / 256
+    opt = torch.optim.AdamW(groups, lr=lr)
+    model_f, opt_f = fabric.setup(model, opt)
+    augment = SliceAugment.from_config(cfg.augment)
+    ck_dir = out / "checkpoints" / f"member-{seed}"
+    st = ckpt.load_checkpoint(ck_dir)
+    start, step, best = 0, 0, {"auc": -1.0, "epoch": -1, "state": None}
+    if st is not None:
+        model.load_state_dict(st["model"])
+        opt_f.load_state_dict(st["optimizer"])
+        ckpt.set_rng_state(st["rng"])
+        start, step = st["epoch"] + 1, st["step"]
+        best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
+    n_per_epoch = len(oversampled_order(labels, fit, torch.Generator().manual_seed(0), cfg.finetune.oversample))
+    steps_per_epoch = max(n_per_epoch // ge, 1)
+    total = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps > 0:
+        total = min(total, cfg.train.max_steps)
+    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
+    for epoch in range(start, cfg.train.epochs):
+        if step >= total:
+            break
+        order = oversampled_order(labels, fit, torch.Generator().manual_seed(seed * 1000 + epoch),
+                                  cfg.finetune.oversample)
+        model_f.train()
+        t0, seen, losses = time.perf_counter(), 0, []
+        with progress(f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "steps",
+                      enabled=None if rank == 0 else False) as bar:
+            for b in range(steps_per_epoch):
+                if step >= total:
+                    break
+                exams = order[b * ge: (b + 1) * ge][rank * cfg.finetune.batch_exams:
+                                                    (rank + 1) * cfg.finetune.batch_exams]
+                if len(exams) == 0:
+                    continue
+                x_u8, lengths = gather_exams(cache, exams, model)
+                x_u8, lengths = x_u8.to(fabric.device), lengths.to(fabric.device)
+                y = torch.as_tensor(labels[exams], device=fabric.device)
+                apply_schedule(opt_f, cosine(step, total, lr, cfg.train.min_lr, warmup),
+                               cosine(step, total, cfg.train.weight_decay, cfg.train.weight_decay_end))
+                gen = torch.Generator(fabric.device).manual_seed(seed * 1_000_003 + step)
+                x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen))
+                x = scale01(x, cfg)
+                loss = F.cross_entropy(model_f(x, lengths).float(), y)
+                if not torch.isfinite(loss):
+                    raise SbsslError(f"non-finite loss (member {seed}, epoch {epoch}, step {step}); "
+                                     f"last good checkpoint: {ck_dir / 'last.pt'}")
+                fabric.backward(loss)
+                if cfg.train.clip_grad > 0:
+                    fabric.clip_gradients(model_f, opt_f, max_norm=cfg.train.clip_grad, error_if_nonfinite=False)
+                opt_f.step()
+                opt_f.zero_grad(set_to_none=True)
+                step += 1
+                seen += len(exams) * world
+                losses.append(loss.item())
+                bar.advance(1, status=f"loss {losses[-1]:.3f} {seen / (time.perf_counter() - t0):.1f} exams/s")
+        model_f.eval()
+        p = predict_probs(model_f, cache, held, cfg, fabric.device, cfg.finetune.batch_exams)
+        auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
+        improved = cfg.finetune.select == "last" or not np.isfinite(auc) or auc > best["auc"]
+        if improved:
+            best = {"auc": auc if np.isfinite(auc) else -1.0, "epoch": epoch,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        if rank == 0:
+            rec = {"member": seed, "epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
+                   "heldout_auc": auc, "best_epoch": best["epoch"],
+                   "exams_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            ckpt.save_checkpoint(ck_dir, {"model": model.state_dict(), "optimizer": opt_f.state_dict(),
+                                          "epoch": epoch, "step": step, "rng": ckpt.rng_state(),
+                                          "best_auc": best["auc"], "best_epoch": best["epoch"],
+                                          "best_state": best["state"]})
+        fabric.barrier()
+    state = best["state"] if best["state"] is not None else copy.deepcopy(model.state_dict())
+    return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
+

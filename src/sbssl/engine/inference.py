@@ -1,0 +1,135 @@
+"""Building exam classifiers, loading a run's ensemble, and batched exam prediction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+
+from sbssl.config import load_config
+from sbssl.data.cache import SliceCache
+from sbssl.errors import SbsslError
+from sbssl.models.slice_classifier import MRNetCNN, SliceClassifier
+from sbssl.models.vit import create_encoder
+
+
+def build_classifier(cfg: DictConfig) -> SliceClassifier:
+    m = cfg.model
+    if m.name == "mrnet_cnn":
+        return SliceClassifier(MRNetCNN(m.in_chans), "max", linear_head=True)
+    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path)
+    return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices, m.grad_checkpointing)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata; a damaged or foreign file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SbsslError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SbsslError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
+
+
+def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path] | None:
+    """`scratch` -> None; a GMML run folder or encoder.safetensors -> (weights, metadata, path)."""
+    if init in ("", "scratch", "random"):
+        return None
+    path = Path(init)
+    if path.is_dir():
+        path = path / "encoder.safetensors"
+    sd, meta = read_safetensors(path)
+    if meta.get("format") != "sbssl-gmml-encoder":
+        raise SbsslError(f"{path}: not a GMML encoder written by `sbssl pretrain`")
+    return sd, meta, path
+
+
+def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
+    """Fine-tuning inherits the pretrained encoder's architecture and input scaling."""
+    cfg.model.name, cfg.model.patch_size = meta["name"], int(meta["patch_size"])
+    cfg.model.in_chans, cfg.data.img_size = int(meta["in_chans"]), int(meta["img_size"])
+    cfg.data.mean, cfg.data.std = float(meta["mean"]), float(meta["std"])
+
+
+@dataclass
+class Ensemble:
+    """A fine-tuned run: its config and one model per member seed."""
+
+    cfg: DictConfig
+    models: list[SliceClassifier]
+    seeds: list[int]
+
+
+def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise SbsslError(f"{run}: not a fine-tuned run (no config.yaml)")
+    cfg = load_config(None, None, base=OmegaConf.load(cfg_path))
+    files = sorted(run.glob("model-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+    if not files:
+        raise SbsslError(f"{run}: no model-<seed>.safetensors (is the fine-tuning finished?)")
+    models, seeds = [], []
+    for f in files:
+        sd, _ = read_safetensors(f)
+        model = build_classifier(cfg)
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise SbsslError(f"{f}: weights do not fit the run's config ({str(e).splitlines()[0][:100]})") from None
+        models.append(model.to(device).eval())
+        seeds.append(int(f.stem.split("-")[1]))
+    return Ensemble(cfg, models, seeds)
+
+
+def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slices a model reads for these exams (one fancy-indexed read) and their lengths."""
+    lengths = torch.as_tensor(np.diff(cache.offsets)[exams])
+    local = model.select(lengths)
+    starts = np.asarray(cache.offsets[exams])
+    if local is None:
+        flat = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths.tolist(), strict=True)])
+    else:
+        base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths.numpy())[:-1]]), len(local) // len(exams))
+        flat = local.numpy() + base
+        lengths = torch.full((len(exams),), len(local) // len(exams))
+    return torch.from_numpy(cache.data[flat])[:, None], lengths
+
+
+def scale01(x01: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """[0, 1] slices -> the model's input space (dataset mean/std, 1 or 3 channels)."""
+    x = (x01 - cfg.data.mean) / cfg.data.std
+    return x.expand(-1, cfg.model.in_chans, -1, -1) if cfg.model.in_chans != 1 else x
+
+
+def normalise(x_u8: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    return scale01(x_u8.float() / 255.0, cfg)
+
+
+@torch.no_grad()
+def predict_probs(model, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, device, batch_exams: int = 8,
+                  autocast: bool = False) -> np.ndarray:
+    """P(positive) for each exam (softmax of the two logits), in the order given."""
+    base = model.module if hasattr(model, "module") else model
+    out = []
+    for i in range(0, len(exams), batch_exams):
+        chunk = np.asarray(exams[i: i + batch_exams])
+        x, lengths = gather_exams(cache, chunk, base)
+        x = normalise(x.to(device), cfg)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x, lengths.to(device))
+        out.append(logits.float().softmax(1)[:, 1].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def config_json(cfg: DictConfig) -> str:
+    return json.dumps(OmegaConf.to_container(cfg, resolve=True))

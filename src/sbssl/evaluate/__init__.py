@@ -1,0 +1,1 @@
+"""Scoring exam-level predictions: metrics, bootstrap intervals, ROC curves, comparisons."""

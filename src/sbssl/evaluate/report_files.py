@@ -1,0 +1,139 @@
+"""The files an evaluation writes: predictions.csv, metrics.json, roc.png (design.md's contract)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sbssl.engine.inference import load_ensemble, predict_probs
+from sbssl.engine.runtime import cpu_has_bf16
+from sbssl.evaluate.metrics import exam_metrics
+from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
+
+
+def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> dict:
+    """Score a fine-tuned ensemble on a split: per member and averaged probabilities."""
+    from sbssl.engine.pretrain import slice_cache_for
+
+    ens = load_ensemble(run, device)
+    cfg = ens.cfg
+    cache, records = slice_cache_for(cfg, Path(root), split)
+    y = np.array([r.label for r in records])
+    exams = np.arange(len(records))
+    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    probs = np.stack([predict_probs(m, cache, exams, cfg, device, cfg.finetune.batch_exams, autocast=bf16)
+                      for m in ens.models])
+    p = probs.mean(0)
+    metrics = {"task": cfg.data.task, "plane": cfg.data.plane, "split": split, **exam_metrics(y, p),
+               "members": len(ens.models), "init": str(cfg.init), "model": cfg.model.name,
+               "aggregator": cfg.finetune.aggregator if cfg.model.name != "mrnet_cnn" else "max",
+               "member_metrics": [{"seed": s, **exam_metrics(y, q)} for s, q in zip(ens.seeds, probs, strict=True)]}
+    out = Path(out)
+    write_predictions(out / "predictions.csv", [r.case for r in records], p, y)
+    write_member_predictions(out / "predictions_members.csv", [r.case for r in records], probs, ens.seeds)
+    atomic_write_json(out / "metrics.json", metrics)
+    roc_plot(out / "roc.png", y, probs, p, ens.seeds, f"{cfg.data.task} / {cfg.data.plane} / {split}")
+    return metrics
+
+
+def write_predictions(path: Path, cases: list[str], p: np.ndarray, y: np.ndarray | None,
+                      sort_by_probability: bool = False) -> None:
+    order = np.argsort(-p, kind="stable") if sort_by_probability else np.arange(len(cases))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "probability", "label"])
+    for i in order:
+        lab = "" if y is None or y[i] is None or y[i] < 0 else int(y[i])
+        w.writerow([cases[i], f"{p[i]:.6f}", lab])
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_member_predictions(path: Path, cases: list[str], probs: np.ndarray, seeds: list[int]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", *[f"member_{s}" for s in seeds]])
+    for i, c in enumerate(cases):
+        w.writerow([c, *[f"{q:.6f}" for q in probs[:, i]]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rows = list(csv.DictReader(Path(path).read_text().splitlines()))
+    return ([r["case"] for r in rows], np.array([float(r["probability"]) for r in rows]),
+            np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows]))
+
+
+def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.ndarray, seeds: list[int],
+             title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    if len(np.unique(y)) == 2:
+        for s, q in zip(seeds, member_probs, strict=True):
+            fpr, tpr, _ = roc_curve(y, q)
+            ax.plot(fpr, tpr, lw=0.8, alpha=0.6, label=f"member {s} (AUC {roc_auc_score(y, q):.3f})")
+        fpr, tpr, _ = roc_curve(y, ensemble)
+        ax.plot(fpr, tpr, lw=2.2, color="k", label=f"ensemble (AUC {roc_auc_score(y, ensemble):.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
+    """Paired bootstrap of AUC(a) - AUC(b) on the exams both runs scored."""
+    from sbssl.errors import SbsslError
+    from sbssl.evaluate.metrics import paired_auc_difference
+
+    pa, pb = Path(run_a) / "predictions.csv", Path(run_b) / "predictions.csv"
+    for p in (pa, pb):
+        if not p.is_file():
+            raise SbsslError(f"{p}: not found (evaluate the run first)")
+    ca, qa, ya = read_predictions(pa)
+    cb, qb, yb = read_predictions(pb)
+    if ca != cb or not np.array_equal(ya, yb):
+        raise SbsslError(f"{pa} and {pb} score different exams or labels; compare needs the same split")
+    if (ya < 0).any() or len(np.unique(ya)) < 2:
+        raise SbsslError(f"{pa}: compare needs labels of both classes")
+    res = paired_auc_difference(ya, qa, qb, reps)
+    res.update({"run_a": str(run_a), "run_b": str(run_b)})
+    out = Path(out)
+    boot = np.array(res.pop("bootstrap"))
+    atomic_write_json(out / "compare.json", res)
+    _compare_plot(out / "compare.png", boot, res)
+    return res
+
+
+def _compare_plot(path: Path, boot: np.ndarray, res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(boot, bins=50, color="#4477aa", alpha=0.8)
+    ax.axvline(0, color="k", lw=1)
+    ax.axvline(res["difference"], color="#cc3311", lw=2, label=f"difference {res['difference']:+.3f}")
+    for q in res["ci95"]:
+        ax.axvline(q, color="#cc3311", ls="--", lw=1)
+    ax.set(xlabel="AUC(a) - AUC(b), paired bootstrap", ylabel="resamples",
+           title=f"95% CI [{res['ci95'][0]:+.3f}, {res['ci95'][1]:+.3f}]")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def load_metrics(run: Path) -> dict:
+    return json.loads((Path(run) / "metrics.json").read_text())

@@ -1,0 +1,123 @@
+"""Stage 2: the slice-based exam classifier (paper section 4.1) and its baselines.
+
+Every slice of an exam goes through the encoder (all exams of a batch in one pass);
+each slice gives one class-token feature; an aggregator turns an exam's features into
+one vector; a small head gives two logits (absent / present).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from sbssl.models.vit import cls_features
+
+
+def resample_index(lengths: torch.Tensor, f: int) -> torch.Tensor:
+    """Flat indices (B * f) picking f evenly spaced slices of each exam (repeats when n < f)."""
+    starts = torch.cumsum(lengths, 0) - lengths
+    pos = torch.linspace(0, 1, f, device=lengths.device)[None] * (lengths[:, None] - 1).float()
+    return (starts[:, None] + pos.round().long()).reshape(-1)
+
+
+def _padded(feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum n, K) -> (B, n_max, K) and a validity mask (B, n_max)."""
+    padded = pad_sequence(feats.split(lengths.tolist()), batch_first=True)
+    valid = torch.arange(padded.shape[1], device=feats.device)[None] < lengths[:, None]
+    return padded, valid
+
+
+class ConcatAggregator(nn.Module):
+    """The paper's: f slice features concatenated to one f*K vector (exams resampled to f slices)."""
+
+    def __init__(self, dim: int, slices: int):
+        super().__init__()
+        self.f, self.out_dim = slices, dim * slices
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return feats.reshape(len(lengths), -1), None  # already resampled to f slices per exam
+
+
+class MaxAggregator(nn.Module):
+    def __init__(self, dim: int, slices: int = 0):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, feats, lengths):
+        padded, valid = _padded(feats, lengths)
+        return padded.masked_fill(~valid[..., None], float("-inf")).amax(1), None
+
+
+class MeanAggregator(MaxAggregator):
+    def forward(self, feats, lengths):
+        padded, valid = _padded(feats, lengths)
+        return (padded * valid[..., None]).sum(1) / lengths[:, None].to(padded.dtype), None
+
+
+class AttentionAggregator(nn.Module):
+    """Gated attention pooling (Ilse et al. 2018): learned weights over an exam's slices."""
+
+    def __init__(self, dim: int, slices: int = 0, hidden: int = 128):
+        super().__init__()
+        self.out_dim = dim
+        self.v, self.u, self.w = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, 1)
+
+    def forward(self, feats, lengths):
+        padded, valid = _padded(feats, lengths)
+        score = self.w(torch.tanh(self.v(padded)) * torch.sigmoid(self.u(padded)))[..., 0]
+        weights = score.float().masked_fill(~valid, float("-inf")).softmax(1)
+        return (weights[..., None].to(padded.dtype) * padded).sum(1), weights
+
+
+AGGREGATORS = {"concat": ConcatAggregator, "max": MaxAggregator, "mean": MeanAggregator,
+               "attention": AttentionAggregator}
+
+
+class MRNetCNN(nn.Module):
+    """The MRNet-style CNN baseline's slice encoder: AlexNet features (random init), global pooling."""
+
+    def __init__(self, in_chans: int = 1):
+        super().__init__()
+        from torchvision.models import alexnet
+
+        feats = alexnet(weights=None).features
+        feats[0] = nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2)
+        self.features, self.embed_dim = feats, 256
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+class SliceClassifier(nn.Module):
+    """Encoder per slice -> aggregator over slices -> head: exam-level logits (B, 2)."""
+
+    def __init__(self, encoder: nn.Module, aggregator: str = "concat", slices: int = 32,
+                 checkpointing: bool = False, linear_head: bool = False):
+        super().__init__()
+        self.encoder, self.aggregator_name, self.checkpointing = encoder, aggregator, checkpointing
+        dim = encoder.embed_dim
+        self.aggregate = AGGREGATORS[aggregator](dim, slices)
+        if linear_head:  # MRNet: max-pooled features straight into one linear layer
+            self.head = nn.Linear(self.aggregate.out_dim, 2)
+        else:
+            self.head = nn.Sequential(nn.Linear(self.aggregate.out_dim, dim), nn.GELU(), nn.Linear(dim, 2))
+
+    def select(self, lengths: torch.Tensor) -> torch.Tensor | None:
+        """Flat slice indices the model reads (concat resamples to f slices), or None for all."""
+        if isinstance(self.aggregate, ConcatAggregator):
+            return resample_index(lengths, self.aggregate.f)
+        return None
+
+    def slice_features(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.encoder, MRNetCNN):
+            return self.encoder(x)
+        return cls_features(self.encoder, x, self.checkpointing)
+
+    def forward(self, slices: torch.Tensor, lengths: torch.Tensor, return_weights: bool = False):
+        """slices: the already selected slices (see `select`), lengths per exam."""
+        feats = self.slice_features(slices)
+        pooled, weights = self.aggregate(feats, lengths)
+        logits = self.head(pooled)
+        return (logits, weights) if return_weights else logits
