@@ -27,8 +27,7 @@ class SliceDataset(Dataset):
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, int | np.integer):
             return torch.from_numpy(np.array(self.cache.data[idx]))[None]
-        idx = np.sort(np.asarray(idx))  # sorted reads are sequential-ish on the memmap
-        return torch.from_numpy(self.cache.data[idx])[:, None]
+        return torch.from_numpy(self.cache.data[np.asarray(idx)])[:, None]  # in the order asked
 
     __getitems__ = __getitem__
 

@@ -11,8 +11,10 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
@@ -85,109 +87,145 @@ def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, re
         return _pretrain(cfg, fabric, Path(root), out)
 
 
+@dataclass
+class _Run:
+    """Everything one pretraining run's epochs share."""
+
+    cfg: DictConfig
+    fabric: object
+    out: Path
+    model: GMMLAutoencoder
+    model_f: torch.nn.Module
+    opt_f: torch.optim.Optimizer
+    dataset: SliceDataset
+    step_fn: GMMLStep
+    lr: float
+    total: int
+    warmup: int
+    step: int = 0
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.fabric.world_size
+
+
 def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
-    rank0, world = fabric.global_rank == 0, fabric.world_size
+    rank0 = fabric.global_rank == 0
     seed_everything(cfg.train.seed + fabric.global_rank, cfg.train.deterministic)
     cache, _ = slice_cache_for(cfg, root, "train", fabric, labelled=False)  # labels unused
-    mean = cfg.data.mean if cfg.data.mean > 0 else cache.mean
-    std = cfg.data.std if cfg.data.std > 0 else cache.std
-    cfg.data.mean, cfg.data.std, cfg.data.root = float(mean), float(std), str(root)
+    if cfg.data.mean <= 0:
+        cfg.data.mean, cfg.data.std = float(cache.mean), float(cache.std)
+    cfg.data.root = str(root)
     dataset = SliceDataset(cache)
-    global_batch = cfg.train.batch_size * world
+    global_batch = cfg.train.batch_size * fabric.world_size
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
         raise SbsslError(f"{root}: {len(dataset)} slices are fewer than one global batch ({global_batch})")
-
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_model(cfg)
     torch.manual_seed(cfg.train.seed + fabric.global_rank)
     lr = cfg.train.lr * global_batch / 256
-    opt = torch.optim.AdamW(param_groups(model), lr=lr)
-    model_f, opt_f = fabric.setup(model, opt)
+    model_f, opt_f = fabric.setup(model, torch.optim.AdamW(param_groups(model), lr=lr))
     if cfg.train.compile:
         model_f = torch.compile(model_f)
-    step_fn = GMMLStep(cfg, mean, std)
-
-    start_epoch, step = 0, 0
-    state = ckpt.load_checkpoint(out / "checkpoints")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt_f.load_state_dict(state["optimizer"])
-        ckpt.set_rng_state(state["rng"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        if rank0:
-            log.info("resuming %s at epoch %d (step %d)", out, start_epoch, step)
-    elif rank0:
-        atomic_write_text(out / "config.yaml", to_yaml(cfg))
-
     total = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps > 0:
         total = min(total, cfg.train.max_steps)
-    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
-    fixed = torch.from_numpy(cache.data[torch.linspace(0, len(dataset) - 1, 6).long().numpy()])[:, None]
-
+    run = _Run(cfg, fabric, out, model, model_f, opt_f, dataset, GMMLStep(cfg, cfg.data.mean, cfg.data.std), lr,
+               total, warmup=min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2))
+    start_epoch = _restore(run)
+    if start_epoch == 0 and rank0:
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+    # the middle slice of six exams spread over the set: the same images in every grid
+    exams = np.linspace(0, cache.n_exams - 1, 6).round().astype(int)
+    fixed = torch.from_numpy(cache.data[(cache.offsets[exams] + cache.offsets[exams + 1]) // 2])[:, None]
     for epoch in range(start_epoch, cfg.train.epochs):
-        if step >= total:
+        if run.step >= total:
             break
-        model_f.train()
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
-        t0, seen, loss_sum, n_loss = time.perf_counter(), 0, torch.zeros((), device=fabric.device), 0
-        status = ""
-        with progress(f"pretrain {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "steps", enabled=None if rank0 else False) as bar:
-            for b in range(steps_per_epoch):
-                if step >= total:
-                    break
-                idx = order[b * global_batch: (b + 1) * global_batch]
-                idx = idx[fabric.global_rank * cfg.train.batch_size: (fabric.global_rank + 1) * cfg.train.batch_size]
-                x_u8 = dataset[idx.tolist()].to(fabric.device, non_blocking=True)
-                lr_now = cosine(step, total, lr, cfg.train.min_lr, warmup)
-                wd_now = cosine(step, total, cfg.train.weight_decay, cfg.train.weight_decay_end)
-                apply_schedule(opt_f, lr_now, wd_now)
-                gen = torch.Generator(fabric.device).manual_seed(cfg.train.seed * 1_000_003 + step)
-                target, corrupted, mask = step_fn.inputs(x_u8, Draw(fabric.device, gen, fabric.global_rank, world))
-                recon = model_f(corrupted)
-                loss = _global_masked_l1(fabric, recon.float(), target, mask)
-                if not torch.isfinite(loss):
-                    if cfg.train.nonfinite == "skip":
-                        log.warning("non-finite loss at epoch %d step %d: step skipped", epoch, step)
-                        opt_f.zero_grad(set_to_none=True)
-                        step += 1
-                        continue
-                    raise SbsslError(f"non-finite loss at epoch {epoch} step {step}; last good checkpoint: "
-                                     f"{out / 'checkpoints' / 'last.pt'} (weights were not updated)")
-                fabric.backward(loss)
-                if cfg.train.clip_grad > 0:
-                    fabric.clip_gradients(model_f, opt_f, max_norm=cfg.train.clip_grad, error_if_nonfinite=False)
-                opt_f.step()
-                opt_f.zero_grad(set_to_none=True)
-                step += 1
-                seen += x_u8.shape[0] * world
-                loss_sum += loss.detach()
-                n_loss += 1
-                if b % 5 == 0:
-                    ips = seen / max(time.perf_counter() - t0, 1e-9)
-                    status = f"loss {loss.item():.4f} {ips:.0f} img/s"
-                bar.advance(1, status=status)
-        epoch_loss = float(fabric.all_reduce(loss_sum / max(n_loss, 1), reduce_op="mean"))
-        elapsed = time.perf_counter() - t0
+        rec = _pretrain_epoch(run, epoch)
         if rank0:
-            rec = {"epoch": epoch, "step": step, "loss": epoch_loss, "lr": lr_now, "wd": wd_now,
-                   "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            last_epoch = epoch == cfg.train.epochs - 1 or step >= total
-            if cfg.train.recon_every > 0 and ((epoch + 1) % cfg.train.recon_every == 0 or last_epoch):
-                save_recon_grid(model, step_fn, fixed.to(fabric.device), out / "recon" / f"epoch_{epoch + 1:04d}.png",
-                                cfg.train.seed)
+            last = epoch == cfg.train.epochs - 1 or run.step >= total
+            if cfg.train.recon_every > 0 and ((epoch + 1) % cfg.train.recon_every == 0 or last):
+                save_recon_grid(model, run.step_fn, fixed.to(fabric.device),
+                                out / "recon" / f"epoch_{epoch + 1:04d}.png", cfg.train.seed)
             ckpt.save_checkpoint(out / "checkpoints", {
-                "model": model.state_dict(), "optimizer": opt_f.state_dict(), "epoch": epoch, "step": step,
-                "rng": ckpt.rng_state(), "loss": epoch_loss})
+                "model": model.state_dict(), "optimizer": opt_f.state_dict(), "epoch": epoch, "step": run.step,
+                "rng": ckpt.rng_state(), "loss": rec["loss"]})
         fabric.barrier()
     if rank0:
         save_encoder(model, cfg, out / FINISHED)
         log.info("pretraining done: %s", out / FINISHED)
     fabric.barrier()
     return out / FINISHED
+
+
+def _restore(run: _Run) -> int:
+    """Load the run folder's checkpoint, if any; returns the epoch to start from."""
+    state = ckpt.load_checkpoint(run.out / "checkpoints")
+    if state is None:
+        return 0
+    run.model.load_state_dict(state["model"])
+    run.opt_f.load_state_dict(state["optimizer"])
+    ckpt.set_rng_state(state["rng"])
+    run.step = state["step"]
+    if run.fabric.global_rank == 0:
+        log.info("resuming %s at epoch %d (step %d)", run.out, state["epoch"] + 1, run.step)
+    return state["epoch"] + 1
+
+
+def _pretrain_epoch(run: _Run, epoch: int) -> dict:
+    """One pass over the slices (this rank's share of each global batch); returns the log record."""
+    cfg, fabric = run.cfg, run.fabric
+    rank, world, bs = fabric.global_rank, fabric.world_size, cfg.train.batch_size
+    steps = len(run.dataset) // run.global_batch
+    order = torch.randperm(len(run.dataset), generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + epoch))
+    run.model_f.train()
+    t0, seen, loss_sum, n_loss, status = time.perf_counter(), 0, torch.zeros((), device=fabric.device), 0, ""
+    title = f"pretrain {epoch + 1}/{cfg.train.epochs}"
+    with progress(title, steps, "steps", enabled=None if rank == 0 else False) as bar:
+        for b in range(steps):
+            if run.step >= run.total:
+                break
+            idx = order[b * run.global_batch: (b + 1) * run.global_batch][rank * bs: (rank + 1) * bs]
+            x_u8 = run.dataset[idx.tolist()].to(fabric.device, non_blocking=True)
+            lr = cosine(run.step, run.total, run.lr, cfg.train.min_lr, run.warmup)
+            wd = cosine(run.step, run.total, cfg.train.weight_decay, cfg.train.weight_decay_end)
+            apply_schedule(run.opt_f, lr, wd)
+            gen = torch.Generator(fabric.device).manual_seed(cfg.train.seed * 1_000_003 + run.step)
+            target, corrupted, mask = run.step_fn.inputs(x_u8, Draw(fabric.device, gen, rank, world))
+            loss = _global_masked_l1(fabric, run.model_f(corrupted).float(), target, mask)
+            if not torch.isfinite(loss):
+                _nonfinite(run, epoch)
+                continue
+            fabric.backward(loss)
+            if cfg.train.clip_grad > 0:
+                fabric.clip_gradients(run.model_f, run.opt_f, max_norm=cfg.train.clip_grad, error_if_nonfinite=False)
+            run.opt_f.step()
+            run.opt_f.zero_grad(set_to_none=True)
+            run.step += 1
+            seen += x_u8.shape[0] * world
+            loss_sum += loss.detach()
+            n_loss += 1
+            if b % 5 == 0:
+                status = f"loss {loss.item():.4f} {seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s"
+            bar.advance(1, status=status)
+    elapsed = time.perf_counter() - t0
+    epoch_loss = float(fabric.all_reduce(loss_sum / max(n_loss, 1), reduce_op="mean"))
+    return {"epoch": epoch, "step": run.step, "loss": epoch_loss, "lr": lr, "wd": wd,
+            "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+
+
+def _nonfinite(run: _Run, epoch: int) -> None:
+    """A NaN/inf loss: skip the step (train.nonfinite=skip) or stop before any weight changes."""
+    if run.cfg.train.nonfinite == "skip":
+        log.warning("non-finite loss at epoch %d step %d: step skipped", epoch, run.step)
+        run.opt_f.zero_grad(set_to_none=True)
+        run.step += 1
+        return
+    raise SbsslError(f"non-finite loss at epoch {epoch} step {run.step}; weights not updated; last good "
+                     f"checkpoint: {run.out / 'checkpoints' / 'last.pt'}")
 
 
 def _global_masked_l1(fabric, recon, target, mask) -> torch.Tensor:

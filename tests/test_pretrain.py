@@ -1,0 +1,121 @@
+"""GMML pretraining: the model, the loss, the engine (resume, DDP), the exported encoder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from sbssl.config import load_config
+from sbssl.engine import checkpoint as ckpt
+from sbssl.engine.pretrain import build_model, pretrain
+from sbssl.models.gmml import masked_l1, skip_indices
+
+from .conftest import run_cli
+
+TINY = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "train.batch_size=32",
+        "train.warmup_epochs=1", "train.lr=2e-3", "train.recon_every=1", "trainer.accelerator=cpu"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_masked_l1_ignores_unmasked_pixels():
+    torch.manual_seed(0)
+    target, recon = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16)
+    mask = torch.rand(4, 1, 16, 16) > 0.5
+    base = masked_l1(recon, target, mask)
+    changed = torch.where(mask, recon, recon + 100 * torch.randn_like(recon))
+    assert torch.equal(masked_l1(changed, target, mask), base)
+    assert torch.allclose(base, (recon - target).abs()[mask.expand_as(recon)].mean())
+
+
+def test_skip_blocks_are_the_configured_ones(monkeypatch):
+    cfg = load_config(None, ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8",
+                             "model.skip_blocks=[2,5,12]"])
+    model = build_model(cfg).eval()
+    assert model.skip == [1, 4, 11]
+    seen = {}
+    for i, blk in enumerate(model.encoder.blocks):
+        blk.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out))
+    captured = {}
+    monkeypatch.setattr(model.head, "forward", lambda tokens, grid: captured.setdefault("t", tokens) * 0)
+    model(torch.randn(2, 1, 32, 32))
+    want = model.encoder.norm(torch.stack([seen[1], seen[4], seen[11]]).mean(0))[:, 1:]
+    assert torch.allclose(captured["t"], want, atol=1e-5)
+    assert skip_indices([6, 8, 10, 12], 6) == [2, 3, 4, 5]  # same relative depth for a shallower encoder
+
+
+def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
+    out = tmp_path / "pre"
+    pretrain(load_config(None, TINY + ["train.epochs=4"]), tiny_set, out)
+    losses = _losses(out)
+    assert losses[-1] < 0.8 * losses[0], losses
+    for f in ("config.yaml", "log.jsonl", "checkpoints/last.pt", "encoder.safetensors", "recon/epoch_0004.png"):
+        assert (out / f).exists(), f
+    rec = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+    assert rec["img_per_s"] > 0 and rec["step"] > 0
+    # the encoder alone loads into timm as-is
+    sd = load_file(out / "encoder.safetensors")
+    enc = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, in_chans=1,
+                            num_classes=0)
+    enc.load_state_dict(sd)
+    assert torch.equal(enc.pos_embed, sd["pos_embed"])
+    # a finished run is not overwritten
+    res = run_cli("pretrain", "--data", tiny_set, "--out", out, *TINY)
+    assert res.returncode == 2 and "--overwrite" in res.stderr
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_set: Path, tmp_path: Path, monkeypatch):
+    args = TINY + ["train.epochs=3", "train.deterministic=true", "data.cache_dir=" + str(tmp_path / "c")]
+    pretrain(load_config(None, args), tiny_set, tmp_path / "a")
+
+    real_save, calls = ckpt.save_checkpoint, []
+
+    def crash_after_first(folder, state):
+        real_save(folder, state)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(load_config(None, args), tiny_set, tmp_path / "b")
+    assert len(_losses(tmp_path / "b")) == 1
+    pretrain(load_config(None, args), tiny_set, tmp_path / "b")  # resumes automatically
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
+    a, b = load_file(tmp_path / "a" / "encoder.safetensors"), load_file(tmp_path / "b" / "encoder.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_ddp_matches_one_process(tiny_set: Path, tmp_path: Path):
+    common = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "train.epochs=1",
+              "train.max_steps=4", "model.drop_path=0", "trainer.precision=32-true", "trainer.accelerator=cpu",
+              "train.deterministic=true", "data.cache_dir=" + str(tmp_path / "c")]
+    env_port = str(29500 + os.getpid() % 1000)
+    one = run_cli("pretrain", "--data", tiny_set, "--out", tmp_path / "one", *common, "train.batch_size=16")
+    assert one.returncode == 0, one.stderr
+    os.environ["MASTER_PORT"] = env_port
+    two = run_cli("pretrain", "--data", tiny_set, "--out", tmp_path / "two", *common, "train.batch_size=8",
+                  "trainer.devices=2", "trainer.strategy=ddp")
+    assert two.returncode == 0, two.stderr
+    la, lb = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert la == pytest.approx(lb, rel=1e-4)
+    a, b = load_file(tmp_path / "one" / "encoder.safetensors"), load_file(tmp_path / "two" / "encoder.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+@pytest.mark.parametrize("recipe", ["pretrain/vit_tiny", "pretrain/vit_small", "pretrain/vit_base"])
+def test_paper_recipes_run_a_few_steps(recipe: str, tiny_set: Path, tmp_path: Path):
+    cfg = load_config(recipe, ["train.batch_size=2", "train.max_steps=2", "train.epochs=1", "train.recon_every=0",
+                               "data.cache_dir=" + str(tmp_path / "c")])
+    assert cfg.data.img_size == 256 and cfg.mask.max_ratio == 0.7
+    out = pretrain(cfg, tiny_set, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text())["step"] == 2
+    assert out.exists()
