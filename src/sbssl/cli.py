@@ -56,6 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a fine-tuned run folder")
     p.add_argument("--split", default="valid")
 
+    p = sub.add_parser("explain", help="class-token attention overlays (paper Fig. 5)")
+    _common(p)
+    p.add_argument("--model", required=True, help="a fine-tuned run folder")
+    p.add_argument("--split", default="valid")
+    p.add_argument("--n", type=int, default=6, help="exams to explain")
+    p.add_argument("--block", type=int, default=10, help="the block whose attention is shown (1-indexed)")
+
+    p = sub.add_parser("predict", help="exam-level probabilities for new exams")
+    p.add_argument("--model", required=True, help="a fine-tuned run folder")
+    p.add_argument("inputs", nargs="+", help=".npy, .nii/.nii.gz, DICOM series folders, or folders of them")
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-overlays", action="store_true")
+    p.add_argument("--block", type=int, default=10)
+
+    p = sub.add_parser("report", help="a self-contained report.html from run folders")
+    p.add_argument("runs", nargs="+", help="run folders (or a folder holding several)")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the synthetic set (CPU-sized)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="smaller settings, about 2 minutes")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs")
     p.add_argument("run_a")
     p.add_argument("run_b")
@@ -165,8 +188,57 @@ def cmd_compare(a: argparse.Namespace) -> None:
           f"95% CI [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] (paired bootstrap, n={r['n']})")
 
 
+def cmd_explain(a: argparse.Namespace) -> None:
+    from sbssl.predict import explain
+
+    if a.overrides:
+        raise SbsslError("explain: the model's own config is used; overrides are not accepted")
+    root = a.data
+    if not root:
+        from omegaconf import OmegaConf
+
+        root = OmegaConf.load(Path(a.model) / "config.yaml").data.root
+    paths = explain(Path(a.model), Path(root), _out(a), a.split, a.n, a.block)
+    print(f"wrote {len(paths)} overlays to {a.out}")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from sbssl.predict import predict
+
+    failed = predict(Path(a.model), [Path(p) for p in a.inputs], Path(a.out), overlays=not a.no_overlays,
+                     block=a.block)
+    print(f"predictions: {Path(a.out) / 'predictions.csv'}")
+    if failed:
+        raise SystemExit(2)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from sbssl.report import build_report
+
+    for r in a.runs:
+        if not Path(r).is_dir():
+            raise SbsslError(f"{r}: not a folder")
+    print(f"report: {build_report([Path(r) for r in a.runs], Path(a.out))}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from sbssl.demo import run_demo
+    from sbssl.utils.rundir import prepare_out
+
+    prepare_out(Path(a.out), a.overwrite, marker="report.html")
+    r = run_demo(Path(a.out), quick=a.quick)
+    c = r["compare"]
+    print(f"\ndemo finished in {r['seconds']:.0f} s")
+    for name, m in r["metrics"].items():
+        print(f"  {name:8s} AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]  "
+              f"accuracy {100 * m['accuracy']:.1f}%")
+    print(f"  GMML - scratch AUC {c['difference']:+.3f}, 95% CI [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]")
+    print(f"report: {r['report']}")
+
+
 COMMANDS = {"synth": cmd_synth, "check": cmd_check, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, "compare": cmd_compare}
+            "evaluate": cmd_evaluate, "compare": cmd_compare, "explain": cmd_explain, "predict": cmd_predict,
+            "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,125 @@
+"""Explanations (paper Fig. 5): class-token attention maps and which slices weighed most.
+
+The attention of the class token to the patch tokens in one block (10 by default),
+averaged over heads and normalised to sum to 1, is upsampled to the slice and overlaid
+in colour. Fused attention never materialises the attention matrix, so only the block
+being read switches to the explicit path, and only while explaining.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from sbssl.models.slice_classifier import AttentionAggregator, SliceClassifier
+
+
+@contextmanager
+def _explicit_attention(block):
+    attn = block.attn
+    saved = attn.fused_attn
+    attn.fused_attn = False
+    captured: dict[str, torch.Tensor] = {}
+    handle = attn.attn_drop.register_forward_hook(lambda m, a, out: captured.__setitem__("attn", out.detach()))
+    try:
+        yield captured
+    finally:
+        handle.remove()
+        attn.fused_attn = saved
+
+
+@torch.no_grad()
+def cls_attention(encoder: VisionTransformer, x: torch.Tensor, block: int = 10) -> torch.Tensor:
+    """(B, H, W) maps: class-token attention of `block` (1-indexed), head-averaged, sum 1, slice-sized."""
+    depth = len(encoder.blocks)
+    b = min(max(block, 1), depth) - 1
+    with _explicit_attention(encoder.blocks[b]) as cap:
+        encoder.forward_features(x)
+    attn = cap["attn"].float()  # (B, heads, 1 + N, 1 + N)
+    p = encoder.num_prefix_tokens
+    gh, gw = encoder.patch_embed.grid_size
+    cls = attn[:, :, 0, p:].mean(1).reshape(-1, 1, gh, gw)
+    cls = cls / cls.sum((2, 3), keepdim=True).clamp(min=1e-12)
+    up = F.interpolate(cls, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return up / up.sum((1, 2), keepdim=True).clamp(min=1e-12)
+
+
+@torch.no_grad()
+def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
+    """Per exam, how much each (read) slice weighed in the decision.
+
+    attention aggregator: its attention weights; concat/max/mean: occlusion, the drop
+    in P(positive) when one slice's feature is replaced by the exam's mean feature.
+    """
+    feats = model.slice_features(x).float()
+    model_f = model.float()
+    if isinstance(model.aggregate, AttentionAggregator):
+        _, w = model.aggregate(feats, lengths)
+        return [w[i, : n].cpu().numpy() for i, n in enumerate(lengths.tolist())]
+    out = []
+    for fe in feats.split(lengths.tolist()):
+        n = fe.shape[0]
+        variants = fe[None].repeat(n + 1, 1, 1)
+        variants[torch.arange(1, n + 1), torch.arange(n)] = fe.mean(0)
+        lens = torch.full((n + 1,), n)
+        pooled, _ = model_f.aggregate(variants.reshape(-1, fe.shape[1]), lens)
+        prob = model_f.head(pooled).softmax(1)[:, 1]
+        drop = (prob[0] - prob[1:]).abs()
+        out.append((drop / drop.sum().clamp(min=1e-12)).cpu().numpy())
+    return out
+
+
+def overlay_png(path: Path, slices: np.ndarray, maps: np.ndarray, weights: np.ndarray, indices: list[int],
+                title: str, n_total: int) -> None:
+    """Chosen slices with attention overlaid, and a bar chart of slice weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(indices)
+    fig = plt.figure(figsize=(2.3 * k + 2.6, 2.8))
+    gs = fig.add_gridspec(1, k + 1, width_ratios=[1] * k + [1.1])
+    for j, i in enumerate(indices):
+        ax = fig.add_subplot(gs[0, j])
+        ax.imshow(slices[i], cmap="gray")
+        m = maps[i] / max(maps[i].max(), 1e-12)
+        ax.imshow(m, cmap="jet", alpha=0.45 * (m > 0.05), vmin=0, vmax=1)
+        ax.set_title(f"slice {i} (w {weights[i]:.2f})", fontsize=7)
+        ax.axis("off")
+    ax = fig.add_subplot(gs[0, k])
+    ax.bar(np.arange(len(weights)), weights, color="#4477aa")
+    ax.set_title("slice weight", fontsize=7)
+    ax.set_xlabel(f"read slice (of {n_total})", fontsize=7)
+    ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from sbssl.utils.io import atomic_write
+
+    atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
+    plt.close(fig)
+
+
+def explain_exam(model: SliceClassifier, x_u8: torch.Tensor, lengths: torch.Tensor, cfg, block: int,
+                 path: Path, title: str, n_total: int, device="cpu") -> dict:
+    """Attention overlay PNG for one exam (x_u8: the slices the model reads)."""
+    from sbssl.engine.inference import normalise
+
+    x = normalise(x_u8.to(device), cfg)
+    weights = slice_importance(model, x, lengths.to(device))[0]
+    if isinstance(model.encoder, VisionTransformer):
+        maps = cls_attention(model.encoder, x, block).cpu().numpy()
+    else:
+        maps = np.zeros(x.shape[:1] + x.shape[2:], np.float32)
+    mid = len(weights) // 2
+    top = [int(i) for i in np.argsort(-weights)[:2] if int(i) != mid]
+    indices = [mid, *top][:3]
+    overlay_png(path, x_u8[:, 0].numpy(), maps, weights, indices, title, n_total)
+    return {"weights": weights.tolist(), "shown": indices, "maps": maps}
+

@@ -1,0 +1,101 @@
+"""`sbssl predict` and `sbssl explain`: exam-level probabilities and attention overlays.
+
+predict: new exams (.npy, NIfTI, DICOM series folders, or folders of them) through a
+fine-tuned ensemble, most urgent first; an unreadable input is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sbssl.data.cache import SliceCache, prepare_volume
+from sbssl.data.volume_io import is_volume_path, load_volume
+from sbssl.engine.inference import Ensemble, gather_exams, load_ensemble, predict_probs
+from sbssl.engine.runtime import cpu_has_bf16
+from sbssl.errors import DataError, SbsslError
+from sbssl.evaluate.report_files import write_predictions
+from sbssl.explain import explain_exam
+
+log = logging.getLogger("sbssl")
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """A DICOM series folder is one exam; any other folder contributes the exams inside it."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not _is_series(p):
+            out.extend(sorted(c for c in p.iterdir() if is_volume_path(c)))
+        else:
+            out.append(p)
+    return out
+
+
+def _is_series(folder: Path) -> bool:
+    return any(c.is_file() and not c.name.startswith(".") and not c.name.lower().endswith((".npy", ".nii", ".nii.gz"))
+               for c in folder.iterdir())
+
+
+def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
+    """One exam prepared exactly as in training, wrapped as a one-exam cache."""
+    u8 = prepare_volume(vol, ens.cfg.data.img_size)
+    return SliceCache(u8, np.array([0, len(u8)]), [name], ens.cfg.data.mean, ens.cfg.data.std)
+
+
+def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
+            block: int = 10) -> int:
+    """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs."""
+    ens = load_ensemble(model_dir, device)
+    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    files = expand_inputs(inputs)
+    if not files:
+        raise SbsslError("predict: no exams found in the inputs")
+    names, probs, failed = [], [], 0
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        name = f.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".npy") if f.is_file() else f.name
+        try:
+            cache = exam_cache(load_volume(f), ens, name)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        p = float(np.mean([predict_probs(m, cache, np.array([0]), ens.cfg, device, 1, bf16)[0] for m in ens.models]))
+        names.append(name)
+        probs.append(p)
+        if overlays:
+            x, lengths = gather_exams(cache, np.array([0]), ens.models[0])
+            explain_exam(ens.models[0], x, lengths, ens.cfg, block, out / "overlays" / f"{name}.png",
+                         f"{name}: P({ens.cfg.data.task}) = {p:.3f}", int(cache.offsets[-1]), device)
+    if names:
+        write_predictions(out / "predictions.csv", names, np.array(probs), None, sort_by_probability=True)
+    return failed
+
+
+def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int = 6, block: int = 10,
+            device: str = "cpu") -> list[Path]:
+    """Overlays for n exams of a split: the most and the least suspicious by the ensemble."""
+    from sbssl.engine.pretrain import slice_cache_for
+
+    ens = load_ensemble(model_dir, device)
+    cache, records = slice_cache_for(ens.cfg, Path(root), split)
+    exams = np.arange(len(records))
+    p = np.mean([predict_probs(m, cache, exams, ens.cfg, device, ens.cfg.finetune.batch_exams) for m in ens.models],
+                0)
+    order = np.argsort(-p, kind="stable")
+    chosen = list(dict.fromkeys([*order[: (n + 1) // 2].tolist(), *order[::-1][: n // 2].tolist()]))[:n]
+    paths = []
+    for e in chosen:
+        x, lengths = gather_exams(cache, np.array([e]), ens.models[0])
+        r = records[e]
+        path = Path(out) / f"{split}-{r.case}.png"
+        explain_exam(ens.models[0], x, lengths, ens.cfg, block, path,
+                     f"case {r.case} (label {r.label}): P({ens.cfg.data.task}) = {p[e]:.3f}",
+                     int(cache.offsets[e + 1] - cache.offsets[e]), device)
+        paths.append(path)
+    return paths

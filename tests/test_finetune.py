@@ -1,0 +1,170 @@
+"""Stage 2: aggregators, oversampling, hold-out, metrics, ensemble files, init, baselines."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from sbssl.config import load_config
+from sbssl.engine.finetune import finetune, oversampled_order, stratified_holdout
+from sbssl.engine.inference import apply_encoder_meta, build_classifier, encoder_init
+from sbssl.engine.pretrain import pretrain
+from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
+from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier, resample_index
+from sbssl.models.vit import create_encoder
+
+from .conftest import assert_user_error, run_cli
+
+TINY_VIT = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "trainer.accelerator=cpu"]
+FT = ["finetune.ensemble=2", "train.epochs=2", "finetune.slices=4", "finetune.batch_exams=4", "train.lr=5e-3",
+      "train.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def gmml_run(tiny_set: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pre") / "run"
+    pretrain(load_config(None, TINY_VIT + ["train.epochs=1", "train.batch_size=32", "train.recon_every=0"]),
+             tiny_set, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ft") / "gmml"
+    finetune(load_config(None, FT + [f"init={gmml_run}"]), tiny_set, out)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_aggregators_with_exams_of_different_lengths(name: str):
+    torch.manual_seed(0)
+    enc = create_encoder("vit_tiny", 32, 8, 1, 0.0)
+    model = SliceClassifier(enc, name, slices=4).eval()
+    lengths = torch.tensor([3, 5, 1])
+    sel = model.select(lengths)
+    x = torch.randn(int(lengths.sum()), 1, 32, 32)
+    if sel is not None:  # concat: each exam resampled to f = 4 slices
+        x = x[sel]
+        lengths = torch.full((3,), 4)
+    logits, weights = model(x, lengths, return_weights=True)
+    assert logits.shape == (3, 2)
+    if name == "attention":
+        assert weights.shape == (3, 5)
+        assert torch.allclose(weights.sum(1), torch.ones(3)) and weights[2, 1:].eq(0).all()
+    # an exam's logits do not depend on the other exams of the batch
+    alone = model(x[:4] if sel is not None else x[:3], lengths[:1].clone().fill_(4 if sel is not None else 3))
+    assert torch.allclose(alone, logits[:1], atol=1e-5)
+
+
+def test_resample_index_spans_each_exam():
+    idx = resample_index(torch.tensor([3, 10, 1]), 4).view(3, 4)
+    assert idx[0].tolist() == [0, 1, 1, 2]  # short exams repeat slices (rounded linspace)
+    assert idx[1, 0] == 3 and idx[1, -1] == 12
+    assert idx[2].tolist() == [13] * 4
+
+
+def test_oversampling_balances_classes():
+    labels = np.array([1] * 5 + [0] * 20)
+    order = oversampled_order(labels, np.arange(25), torch.Generator().manual_seed(0))
+    assert (labels[order] == 1).sum() == (labels[order] == 0).sum() == 20
+    assert set(order[labels[order] == 0]) == set(range(5, 25))  # every majority exam exactly once
+    plain = oversampled_order(labels, np.arange(25), torch.Generator().manual_seed(0), oversample=False)
+    assert sorted(plain) == list(range(25))
+
+
+def test_holdout_is_stratified_and_disjoint():
+    labels = np.array([1] * 10 + [0] * 30)
+    fit, held = stratified_holdout(labels, 0.2, seed=0)
+    assert not set(fit) & set(held) and len(fit) + len(held) == 40
+    assert labels[held].sum() == 2 and (labels[held] == 0).sum() == 6
+
+
+def test_metrics_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(y * 0.3 + rng.random(200) * 0.7, 0, 1)
+    m = exam_metrics(y, p)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5))
+    assert m["sensitivity"] == pytest.approx(((p >= 0.5) & (y == 1)).sum() / (y == 1).sum())
+    assert m["specificity"] == pytest.approx(((p < 0.5) & (y == 0)).sum() / (y == 0).sum())
+
+
+def test_bootstrap_interval_brackets_and_narrows():
+    rng = np.random.default_rng(1)
+    widths = []
+    for n in (60, 600):
+        y = np.repeat([0, 1], n // 2)
+        p = y * 0.8 + rng.normal(0, 0.6, n)
+        auc, (lo, hi) = auc_with_ci(y, p)
+        assert lo < auc < hi
+        widths.append(hi - lo)
+    assert widths[1] < 0.6 * widths[0]
+    same = paired_auc_difference(y, p, p)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    better = paired_auc_difference(y, y + rng.normal(0, 0.3, len(y)), p)
+    assert better["ci95"][0] > 0
+
+
+def test_end_to_end_files_and_ensemble_average(ft_run: Path):
+    m = json.loads((ft_run / "metrics.json").read_text())
+    for k in ("task", "plane", "split", "n", "positives", "accuracy", "auc", "auc_ci95", "sensitivity",
+              "specificity", "threshold", "members", "init"):
+        assert k in m
+    assert m["split"] == "valid" and m["members"] == 2 and m["init"].startswith("gmml:")
+    assert m["n"] == 12 and len(m["member_metrics"]) == 2
+    rows = list(csv.DictReader((ft_run / "predictions.csv").read_text().splitlines()))
+    assert list(rows[0]) == ["case", "probability", "label"] and rows[0]["case"] == "0024"
+    members = list(csv.DictReader((ft_run / "predictions_members.csv").read_text().splitlines()))
+    for r, mr in zip(rows, members, strict=True):
+        assert float(r["probability"]) == pytest.approx((float(mr["member_0"]) + float(mr["member_1"])) / 2,
+                                                        abs=2e-6)
+    assert (ft_run / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in ft_run.glob("model-*.safetensors")) == ["model-0.safetensors",
+                                                                          "model-1.safetensors"]
+    split = json.loads((ft_run / "split.json").read_text())
+    assert not set(split["fit"]) & set(split["held_out"])  # model selection never sees the valid split
+    assert all(int(c) < 24 for c in split["fit"] + split["held_out"])
+
+
+def test_gmml_init_loads_the_pretrained_encoder(gmml_run: Path):
+    init = encoder_init(str(gmml_run))
+    cfg = load_config(None, FT)
+    apply_encoder_meta(cfg, init[1])
+    assert (cfg.model.name, cfg.data.img_size, cfg.model.patch_size) == ("vit_tiny", 32, 8)
+    torch.manual_seed(0)
+    scratch = build_classifier(cfg)
+    torch.manual_seed(0)
+    loaded = build_classifier(cfg)
+    loaded.encoder.load_state_dict(init[0])
+    sd = load_file(gmml_run / "encoder.safetensors")
+    assert torch.equal(loaded.encoder.blocks[3].attn.qkv.weight, sd["blocks.3.attn.qkv.weight"])
+    assert not torch.equal(loaded.encoder.blocks[3].attn.qkv.weight, scratch.encoder.blocks[3].attn.qkv.weight)
+
+
+def test_evaluate_and_compare_commands(ft_run: Path, tiny_set: Path, tmp_path: Path):
+    res = run_cli("evaluate", "--model", ft_run, "--data", tiny_set, "--split", "train", "--out", tmp_path / "ev")
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["split"] == "train" and m["n"] == 24
+    res = run_cli("compare", ft_run, ft_run, "--out", tmp_path / "cmp", "--reps", 200)
+    assert res.returncode == 0, res.stderr
+    c = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert c["difference"] == 0 and (tmp_path / "cmp" / "compare.png").exists()
+    assert_user_error(run_cli("compare", ft_run, tmp_path / "ev"), "different exams")
+
+
+def test_scratch_vit_and_cnn_baselines_run(tiny_set: Path, tmp_path: Path):
+    for name, extra in (("vit", TINY_VIT), ("cnn", ["model.name=mrnet_cnn", "data.img_size=64"])):
+        out = tmp_path / name
+        finetune(load_config(None, ["finetune.ensemble=1", "train.epochs=1", "finetune.batch_exams=4",
+                                    "trainer.accelerator=cpu", "finetune.aggregator=mean", *extra]), tiny_set, out)
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["init"] == "scratch" and 0 <= m["auc"] <= 1
