@@ -11,9 +11,13 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+from sbssl.config import load_config  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 
 TINY = SynthSpec(train=24, valid=12, size=64, seed=3, difficulty=0.3, workers=2)
+TINY_VIT = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "trainer.accelerator=cpu"]
+FT = ["finetune.ensemble=2", "train.epochs=2", "finetune.slices=4", "finetune.batch_exams=4", "train.lr=5e-3",
+      "train.warmup_epochs=0"]
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +25,27 @@ def tiny_set(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "MRNet-v1.0"
     generate(root, TINY)
     return root
+
+
+@pytest.fixture(scope="session")
+def gmml_run(tiny_set: Path, tmp_path_factory) -> Path:
+    """A tiny finished GMML pretraining run."""
+    from sbssl.engine.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pre") / "run"
+    pretrain(load_config(None, TINY_VIT + ["train.epochs=1", "train.batch_size=32", "train.recon_every=0"]),
+             tiny_set, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
+    """A tiny finished 2-member fine-tuning run from the GMML encoder."""
+    from sbssl.engine.finetune import finetune
+
+    out = tmp_path_factory.mktemp("ft") / "gmml"
+    finetune(load_config(None, FT + [f"init={gmml_run}"]), tiny_set, out)
+    return out
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -15,31 +15,11 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sbssl.config import load_config
 from sbssl.engine.finetune import finetune, oversampled_order, stratified_holdout
 from sbssl.engine.inference import apply_encoder_meta, build_classifier, encoder_init
-from sbssl.engine.pretrain import pretrain
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier, resample_index
 from sbssl.models.vit import create_encoder
 
-from .conftest import assert_user_error, run_cli
-
-TINY_VIT = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "trainer.accelerator=cpu"]
-FT = ["finetune.ensemble=2", "train.epochs=2", "finetune.slices=4", "finetune.batch_exams=4", "train.lr=5e-3",
-      "train.warmup_epochs=0"]
-
-
-@pytest.fixture(scope="module")
-def gmml_run(tiny_set: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pre") / "run"
-    pretrain(load_config(None, TINY_VIT + ["train.epochs=1", "train.batch_size=32", "train.recon_every=0"]),
-             tiny_set, out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ft") / "gmml"
-    finetune(load_config(None, FT + [f"init={gmml_run}"]), tiny_set, out)
-    return out
+from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 
 
 @pytest.mark.parametrize("name", sorted(AGGREGATORS))

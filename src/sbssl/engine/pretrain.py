@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
+from torch.utils.data import DataLoader
 
 from sbssl.augment import SliceAugment
 from sbssl.config import to_yaml
@@ -184,12 +185,13 @@ def _pretrain_epoch(run: _Run, epoch: int) -> dict:
     run.model_f.train()
     t0, seen, loss_sum, n_loss, status = time.perf_counter(), 0, torch.zeros((), device=fabric.device), 0, ""
     title = f"pretrain {epoch + 1}/{cfg.train.epochs}"
+    batches = [order[b * run.global_batch: (b + 1) * run.global_batch][rank * bs: (rank + 1) * bs].tolist()
+               for b in range(steps)]
     with progress(title, steps, "steps", enabled=None if rank == 0 else False) as bar:
-        for b in range(steps):
+        for b, x_u8 in enumerate(_loader(run.dataset, batches, cfg.data.workers, fabric.device)):
             if run.step >= run.total:
                 break
-            idx = order[b * run.global_batch: (b + 1) * run.global_batch][rank * bs: (rank + 1) * bs]
-            x_u8 = run.dataset[idx.tolist()].to(fabric.device, non_blocking=True)
+            x_u8 = x_u8.to(fabric.device, non_blocking=True)
             lr = cosine(run.step, run.total, run.lr, cfg.train.min_lr, run.warmup)
             wd = cosine(run.step, run.total, cfg.train.weight_decay, cfg.train.weight_decay_end)
             apply_schedule(run.opt_f, lr, wd)
@@ -215,6 +217,13 @@ def _pretrain_epoch(run: _Run, epoch: int) -> dict:
     epoch_loss = float(fabric.all_reduce(loss_sum / max(n_loss, 1), reduce_op="mean"))
     return {"epoch": epoch, "step": run.step, "loss": epoch_loss, "lr": lr, "wd": wd,
             "img_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+
+
+def _loader(dataset: SliceDataset, batches: list[list[int]], workers: int, device) -> DataLoader:
+    """Batches read whole from the memory-mapped cache; with workers, prefetched (pinned on GPU)."""
+    pin = torch.device(device).type == "cuda"
+    return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 def _nonfinite(run: _Run, epoch: int) -> None:

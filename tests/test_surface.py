@@ -1,0 +1,108 @@
+"""The user's surface: explain, predict (every input kind), report in Chromium, demo --quick."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from sbssl.engine.inference import gather_exams, load_ensemble, normalise
+from sbssl.engine.pretrain import slice_cache_for
+from sbssl.explain import cls_attention, slice_importance
+
+from .conftest import run_cli
+from .test_data import write_dicom_series
+
+
+def test_attention_maps_have_slice_shape_and_sum_to_one(ft_run: Path, tiny_set: Path):
+    ens = load_ensemble(ft_run)
+    model = ens.models[0]
+    cache, _ = slice_cache_for(ens.cfg, tiny_set, "valid")
+    x, lengths = gather_exams(cache, np.array([0, 1]), model)
+    x = normalise(x, ens.cfg)
+    assert model.encoder.blocks[9].attn.fused_attn  # trained with fused attention
+    maps = cls_attention(model.encoder, x, block=10)
+    assert maps.shape == (x.shape[0], 32, 32)
+    assert torch.allclose(maps.sum((1, 2)), torch.ones(x.shape[0]), atol=1e-4) and (maps >= 0).all()
+    assert model.encoder.blocks[9].attn.fused_attn  # switched back after explaining
+    w = slice_importance(model, x, lengths)
+    assert [len(v) for v in w] == lengths.tolist()
+    assert all(abs(v.sum() - 1) < 1e-4 or v.sum() == 0 for v in w)
+
+
+def test_explain_command(ft_run: Path, tiny_set: Path, tmp_path: Path):
+    res = run_cli("explain", "--model", ft_run, "--data", tiny_set, "--out", tmp_path / "ex", "--n", 2)
+    assert res.returncode == 0, res.stderr
+    pngs = sorted((tmp_path / "ex").glob("*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_predict_every_input_kind_sorted_with_a_broken_one(ft_run: Path, tiny_set: Path, tmp_path: Path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    vols = [np.load(tiny_set / "valid" / "sagittal" / f"{c:04d}.npy") for c in (24, 25, 26)]
+    np.save(inp / "exam_npy.npy", vols[0])
+    nib.save(nib.Nifti1Image(np.moveaxis(vols[1], 0, -1).astype(np.int16), np.eye(4)), inp / "exam_nii.nii.gz")
+    write_dicom_series(tmp_path / "exam_dcm", vols[2].astype(np.uint16))
+    (inp / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    res = run_cli("predict", "--model", ft_run, inp, tmp_path / "exam_dcm", "--out", tmp_path / "out")
+    assert res.returncode == 2  # one input failed ...
+    assert "broken.npy" in res.stderr and "Traceback" not in res.stderr
+    rows = list(csv.DictReader((tmp_path / "out" / "predictions.csv").read_text().splitlines()))
+    assert {r["case"] for r in rows} == {"exam_npy", "exam_nii", "exam_dcm"}  # ... the others did not stop
+    probs = [float(r["probability"]) for r in rows]
+    assert probs == sorted(probs, reverse=True) and all(r["label"] == "" for r in rows)
+    for r in rows:
+        assert (tmp_path / "out" / "overlays" / f"{r['case']}.png").exists()
+    # the same exam through predict and through evaluate gets the same probability
+    ev = run_cli("evaluate", "--model", ft_run, "--data", tiny_set, "--out", tmp_path / "ev")
+    assert ev.returncode == 0, ev.stderr
+    evp = {r["case"]: float(r["probability"]) for r in
+           csv.DictReader((tmp_path / "ev" / "predictions.csv").read_text().splitlines())}
+    got = {r["case"]: float(r["probability"]) for r in rows}
+    assert abs(got["exam_npy"] - evp["0024"]) < 0.02
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "Debian's chromium is required (make test installs it)"
+    return path
+
+
+def render(html_file: Path, tmp_path: Path) -> tuple[str, Path]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", html_file.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), *flags, f"--screenshot={shot}", "--window-size=1200,2400", html_file.as_uri()],
+                   capture_output=True, timeout=120)
+    return dom, shot
+
+
+def test_demo_quick_and_report_in_chromium(tmp_path: Path):
+    out = tmp_path / "demo"
+    res = run_cli("demo", "--quick", "--out", out, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "report:" in res.stdout and "GMML - scratch AUC" in res.stdout
+    for f in ("data/MRNet-v1.0/train-acl.csv", "pretrain/encoder.safetensors", "finetune-gmml/metrics.json",
+              "finetune-scratch/metrics.json", "compare/compare.json", "commands.txt", "report.html"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "finetune-gmml" / "metrics.json").read_text())["init"].startswith("gmml:")
+    page = (out / "report.html").read_text()
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert page.count("data:image/png;base64,") >= 5
+    dom, shot = render(out / "report.html", tmp_path)
+    n = page.count("<img ")
+    assert f"images-loaded:{n}/{n}" in dom, dom[-500:]
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+    # a second demo into the finished folder is refused
+    again = run_cli("demo", "--quick", "--out", out)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
