@@ -28,7 +28,7 @@ class DemoSize:
     cnn: bool
 
 
-FULL = DemoSize(200, 120, 64, [], [], cnn=True)
+FULL = DemoSize(160, 120, 64, ["train.epochs=3"], ["train.epochs=5"], cnn=True)
 QUICK = DemoSize(48, 40, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1"],
                  ["finetune.ensemble=1", "train.epochs=2", "finetune.slices=8"], cnn=False)
 
@@ -68,7 +68,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         pretrain(load_config("pretrain/demo", size.pretrain), data, pre)
     runs = {"gmml": [f"init={pre}"], "scratch": ["init=scratch"]}
     if size.cnn:
-        runs["cnn"] = ["init=scratch", "model.name=mrnet_cnn", "finetune.ensemble=1"]
+        runs["cnn"] = ["init=scratch", "model.name=mrnet_cnn", "finetune.ensemble=1", "train.epochs=3"]
     for name, extra in runs.items():
         run = out / f"finetune-{name}"
         args = [*size.finetune, *extra]
