@@ -100,6 +100,20 @@ def _data_root(a: argparse.Namespace, cfg) -> Path:
     return Path(root)
 
 
+def _model_data_root(a: argparse.Namespace) -> Path:
+    """--data, else the dataset the model in --model was trained on."""
+    if a.data:
+        return Path(a.data)
+    cfg_path = Path(a.model) / "config.yaml"
+    if cfg_path.is_file():
+        from omegaconf import OmegaConf
+
+        root = OmegaConf.load(cfg_path).get("data", {}).get("root")
+        if root:
+            return Path(root)
+    raise SbsslError(f"{a.command}: give --data ROOT")
+
+
 def _out(a: argparse.Namespace) -> Path:
     if not a.out:
         raise SbsslError(f"{a.command}: give --out DIR")
@@ -168,15 +182,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         raise SbsslError("evaluate: the model's own config is used; overrides are not accepted")
     out = _out(a)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(a.data) if a.data else None
-    if root is None:
-        from omegaconf import OmegaConf
-
-        cfg_path = Path(a.model) / "config.yaml"
-        root = Path(OmegaConf.load(cfg_path).data.root) if cfg_path.exists() else None
-    if root is None:
-        raise SbsslError("evaluate: give --data ROOT")
-    m = evaluate_run(Path(a.model), root, a.split, out)
+    m = evaluate_run(Path(a.model), _model_data_root(a), a.split, out)
     print(f"{out}: AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], accuracy {m['accuracy']:.3f}")
 
 
@@ -193,12 +199,7 @@ def cmd_explain(a: argparse.Namespace) -> None:
 
     if a.overrides:
         raise SbsslError("explain: the model's own config is used; overrides are not accepted")
-    root = a.data
-    if not root:
-        from omegaconf import OmegaConf
-
-        root = OmegaConf.load(Path(a.model) / "config.yaml").data.root
-    paths = explain(Path(a.model), Path(root), _out(a), a.split, a.n, a.block)
+    paths = explain(Path(a.model), _model_data_root(a), _out(a), a.split, a.n, a.block)
     print(f"wrote {len(paths)} overlays to {a.out}")
 
 

@@ -13,7 +13,6 @@ import copy
 import json
 import logging
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,12 @@ from sbssl.engine.inference import (
     scale01,
 )
 from sbssl.engine.pretrain import slice_cache_for
-from sbssl.engine.runtime import make_fabric, seed_everything
+from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text
 from sbssl.utils.progress import progress
-from sbssl.utils.rundir import RunLock, prepare_run
 
 log = logging.getLogger("sbssl")
 FINISHED = "metrics.json"
@@ -74,14 +72,8 @@ def oversampled_order(labels: np.ndarray, idx: np.ndarray, gen: torch.Generator,
 
 
 def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    fabric = make_fabric(cfg.trainer)
-    rank0 = fabric.global_rank == 0
-    out = Path(out)
-    if rank0:
-        prepare_run(out, overwrite, resume, FINISHED)
-    fabric.barrier()
-    with RunLock(out) if rank0 else nullcontext():
-        return _finetune(cfg, fabric, Path(root), out)
+    return run_in_folder(cfg.trainer, out, overwrite, resume, FINISHED,
+                         lambda fabric, folder: _finetune(cfg, fabric, Path(root), folder))
 
 
 def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
@@ -173,7 +165,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
                 apply_schedule(opt_f, cosine(step, total, lr, cfg.train.min_lr, warmup),
                                cosine(step, total, cfg.train.weight_decay, cfg.train.weight_decay_end))
                 gen = torch.Generator(fabric.device).manual_seed(seed * 1_000_003 + step)
-                x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen))
+                x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen, rank, world))
                 x = scale01(x, cfg)
                 loss = F.cross_entropy(model_f(x, lengths).float(), y)
                 if not torch.isfinite(loss):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from sbssl.data.cache import build_cache, default_cache_dir
 from sbssl.data.datasets import SliceDataset
 from sbssl.data.layout import list_exams
 from sbssl.engine import checkpoint as ckpt
-from sbssl.engine.runtime import make_fabric, seed_everything
+from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
 from sbssl.masking import GroupMasking
@@ -35,7 +34,6 @@ from sbssl.models.vit import create_encoder, encoder_meta
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text
 from sbssl.utils.progress import progress
-from sbssl.utils.rundir import RunLock, prepare_run
 
 log = logging.getLogger("sbssl")
 FINISHED = "encoder.safetensors"
@@ -78,14 +76,8 @@ def build_model(cfg: DictConfig) -> GMMLAutoencoder:
 
 
 def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
-    fabric = make_fabric(cfg.trainer)
-    rank0 = fabric.global_rank == 0
-    out = Path(out)
-    if rank0:
-        prepare_run(out, overwrite, resume, FINISHED)
-    fabric.barrier()
-    with RunLock(out) if rank0 else nullcontext():
-        return _pretrain(cfg, fabric, Path(root), out)
+    return run_in_folder(cfg.trainer, out, overwrite, resume, FINISHED,
+                         lambda fabric, folder: _pretrain(cfg, fabric, Path(root), folder))
 
 
 @dataclass

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
 from lightning_fabric import Fabric
+
+from sbssl.utils.rundir import RunLock, prepare_run
 
 
 def cpu_has_bf16() -> bool:
@@ -45,3 +50,16 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def run_in_folder(trainer_cfg, out: Path, overwrite: bool, resume: bool, finished: str,
+                  body: Callable[[Fabric, Path], Path]) -> Path:
+    """Launch Fabric, ready the run folder on rank 0 (refuse / resume / overwrite), hold its lock, run body."""
+    fabric = make_fabric(trainer_cfg)
+    rank0 = fabric.global_rank == 0
+    out = Path(out)
+    if rank0:
+        prepare_run(out, overwrite, resume, finished)
+    fabric.barrier()
+    with RunLock(out) if rank0 else nullcontext():
+        return body(fabric, out)

@@ -18,9 +18,13 @@ def prepare_out(out: Path, overwrite: bool, marker: str) -> None:
     if (out / marker).exists():
         if not overwrite:
             raise SbsslError(f"{out}: holds a finished run ({marker}); pass --overwrite to replace it")
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        _empty(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 class RunLock:
@@ -63,7 +67,7 @@ def prepare_run(out: Path, overwrite: bool, resume: bool, finished_marker: str) 
     out = Path(out)
     has_ckpt = (out / "checkpoints" / "last.pt").exists() or (out / "checkpoints" / "prev.pt").exists()
     if overwrite and out.exists():
-        prepare_out(out, True, marker=".")  # wipe everything
+        _empty(out)
         return False
     prepare_out(out, False, marker=finished_marker)
     if resume and not has_ckpt:
