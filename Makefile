@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= runs/demo
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/sbssl demo --out $(OUT)
 
-test: venv
+# The report test renders report.html in Debian's headless Chromium.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: venv browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -x --timeout=900
 

@@ -16,7 +16,7 @@ from sbssl.synth.geometry import Canvas
 
 from .conftest import TINY, assert_user_error, run_cli
 
-CHECKER = Path(__file__).resolve().parents[1] / ".." / "shared" / "tools" / "check_mrnet_layout.py"
+CHECKER = Path(__file__).resolve().parents[1] / "tools" / "check_mrnet_layout.py"  # copy of shared/tools
 
 
 def _digest(root: Path) -> str:

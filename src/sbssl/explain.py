@@ -57,7 +57,6 @@ def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Ten
     in P(positive) when one slice's feature is replaced by the exam's mean feature.
     """
     feats = model.slice_features(x).float()
-    model_f = model.float()
     if isinstance(model.aggregate, AttentionAggregator):
         _, w = model.aggregate(feats, lengths)
         return [w[i, : n].cpu().numpy() for i, n in enumerate(lengths.tolist())]
@@ -67,8 +66,8 @@ def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Ten
         variants = fe[None].repeat(n + 1, 1, 1)
         variants[torch.arange(1, n + 1), torch.arange(n)] = fe.mean(0)
         lens = torch.full((n + 1,), n)
-        pooled, _ = model_f.aggregate(variants.reshape(-1, fe.shape[1]), lens)
-        prob = model_f.head(pooled).softmax(1)[:, 1]
+        pooled, _ = model.aggregate(variants.reshape(-1, fe.shape[1]), lens)
+        prob = model.head(pooled).softmax(1)[:, 1]
         drop = (prob[0] - prob[1:]).abs()
         out.append((drop / drop.sum().clamp(min=1e-12)).cpu().numpy())
     return out
