@@ -64,7 +64,11 @@ def _write_exam(args: tuple) -> int:
 
 
 def _init_worker() -> None:
+    """One BLAS/OpenMP thread per worker: the workers are the parallelism (no oversubscription)."""
+    from threadpoolctl import threadpool_limits
+
     os.environ["OMP_NUM_THREADS"] = "1"
+    threadpool_limits(1)
 
 
 def generate(out: Path, spec: SynthSpec) -> None:
