@@ -53,8 +53,3 @@ def collate_exams(batch) -> dict[str, torch.Tensor]:
     return {"slices": torch.cat(slices)[:, None], "lengths": torch.tensor([len(s) for s in slices]),
             "labels": torch.tensor(labels), "index": torch.tensor(index)}
 
-
-def to_model_input(x_uint8: torch.Tensor, mean: float, std: float, in_chans: int = 1) -> torch.Tensor:
-    """uint8 (B, 1, H, W) -> normalised float (B, in_chans, H, W) on x's device."""
-    x = (x_uint8.float() / 255.0 - mean) / std
-    return x.expand(-1, in_chans, -1, -1) if in_chans != 1 else x

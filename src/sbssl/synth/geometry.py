@@ -120,8 +120,6 @@ class Frame:
         return w.min(0), w.max(0)
 
 
-IDENTITY = Frame(np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
-
 
 @dataclass
 class SliceGrid:
