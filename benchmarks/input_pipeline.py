@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, record, timeit  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
+from sbssl.data.cache import slice_cache_for  # noqa: E402
 from sbssl.data.datasets import SliceDataset  # noqa: E402
-from sbssl.engine.pretrain import GMMLStep, slice_cache_for  # noqa: E402
+from sbssl.engine.pretrain import GMMLStep  # noqa: E402
 from sbssl.utils.draw import Draw  # noqa: E402
 
 

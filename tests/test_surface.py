@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from sbssl.data.cache import slice_cache_for
 from sbssl.engine.inference import gather_exams, load_ensemble, normalise
-from sbssl.engine.pretrain import slice_cache_for
 from sbssl.explain import cls_attention, slice_importance
 
 from .conftest import run_cli

@@ -80,7 +80,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
 def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int = 6, block: int = 10,
             device: str = "cpu") -> list[Path]:
     """Overlays for n exams of a split: the most and the least suspicious by the ensemble."""
-    from sbssl.engine.pretrain import slice_cache_for
+    from sbssl.data.cache import slice_cache_for
 
     ens = load_ensemble(model_dir, device)
     cache, records = slice_cache_for(ens.cfg, Path(root), split)

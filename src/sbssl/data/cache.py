@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
-from sbssl.data.layout import ExamRecord
+from sbssl.data.layout import ExamRecord, list_exams
 from sbssl.data.volume_io import load_npy, load_volume
 from sbssl.utils.io import atomic_write, atomic_write_json
 
@@ -126,3 +127,15 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
     meta = {"offsets": offsets.tolist(), "cases": [r.case for r in records], "mean": mean, "std": std}
     atomic_write_json(meta_path, meta)
     return SliceCache(np.load(data_path, mmap_mode="r", allow_pickle=False), offsets, meta["cases"], mean, std)
+
+
+def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labelled: bool = True):
+    """Build (rank 0 first) or open the slice cache of a split; returns (cache, records)."""
+    records = list_exams(root, split, cfg.data.plane, cfg.data.task, labelled=labelled)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
+    name = f"{split}-{cfg.data.plane}"
+    if fabric is not None and fabric.world_size > 1:
+        if fabric.global_rank == 0:
+            build_cache(records, cfg.data.img_size, cache_dir, name)
+        fabric.barrier()
+    return build_cache(records, cfg.data.img_size, cache_dir, name), records

@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from sbssl.augment import SliceAugment
 from sbssl.config import to_yaml
+from sbssl.data.cache import slice_cache_for
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
     apply_encoder_meta,
@@ -34,7 +35,6 @@ from sbssl.engine.inference import (
     predict_probs,
     scale01,
 )
-from sbssl.engine.pretrain import slice_cache_for
 from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
@@ -137,7 +137,9 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
         ckpt.set_rng_state(st["rng"])
         start, step = st["epoch"] + 1, st["step"]
         best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
-    n_per_epoch = len(oversampled_order(labels, fit, torch.Generator().manual_seed(0), cfg.finetune.oversample))
+    n_pos = int(labels[fit].sum())
+    balanced = cfg.finetune.oversample and 0 < n_pos < len(fit)
+    n_per_epoch = 2 * max(n_pos, len(fit) - n_pos) if balanced else len(fit)  # = len(oversampled_order(...))
     steps_per_epoch = max(n_per_epoch // ge, 1)
     total = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps > 0:

@@ -21,15 +21,14 @@ from torch.utils.data import DataLoader
 
 from sbssl.augment import SliceAugment
 from sbssl.config import to_yaml
-from sbssl.data.cache import build_cache, default_cache_dir
+from sbssl.data.cache import slice_cache_for
 from sbssl.data.datasets import SliceDataset
-from sbssl.data.layout import list_exams
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
 from sbssl.masking import GroupMasking
-from sbssl.models.gmml import GMMLAutoencoder
+from sbssl.models.gmml import GMMLAutoencoder, masked_l1
 from sbssl.models.vit import create_encoder, encoder_meta
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text
@@ -37,18 +36,6 @@ from sbssl.utils.progress import progress
 
 log = logging.getLogger("sbssl")
 FINISHED = "encoder.safetensors"
-
-
-def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labelled: bool = True):
-    """Build (rank 0 first) or open the slice cache of a split; returns (cache, records)."""
-    records = list_exams(root, split, cfg.data.plane, cfg.data.task, labelled=labelled)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
-    name = f"{split}-{cfg.data.plane}"
-    if fabric is not None and fabric.world_size > 1:
-        if fabric.global_rank == 0:
-            build_cache(records, cfg.data.img_size, cache_dir, name)
-        fabric.barrier()
-    return build_cache(records, cfg.data.img_size, cache_dir, name), records
 
 
 class GMMLStep:
@@ -231,11 +218,10 @@ def _nonfinite(run: _Run, epoch: int) -> None:
 
 def _global_masked_l1(fabric, recon, target, mask) -> torch.Tensor:
     """Masked L1 normalised by the mask size of the global batch: DDP then equals one process."""
-    m = mask.to(recon.dtype).expand_as(recon)
-    count = m.sum()
+    count = mask.to(recon.dtype).expand_as(recon).sum()
     if fabric.world_size > 1:
         count = fabric.all_reduce(count.detach(), reduce_op="sum") / fabric.world_size
-    return ((recon - target).abs() * m).sum() / count.clamp(min=1.0)
+    return masked_l1(recon, target, mask, count)
 
 
 def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:

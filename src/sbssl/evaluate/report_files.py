@@ -18,7 +18,7 @@ from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
 def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> dict:
     """Score a fine-tuned ensemble on a split: per member and averaged probabilities."""
-    from sbssl.engine.pretrain import slice_cache_for
+    from sbssl.data.cache import slice_cache_for
 
     ens = load_ensemble(run, device)
     cfg = ens.cfg

@@ -59,7 +59,8 @@ class GMMLAutoencoder(nn.Module):
         return self.head(tokens[:, self.encoder.num_prefix_tokens:], self.grid)
 
 
-def masked_l1(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 2: L1 over the corrupted pixels only, averaged over them."""
+def masked_l1(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+              count: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper eq. 2: L1 over the corrupted pixels only, averaged over them (or over `count` of them)."""
     m = mask.to(recon.dtype).expand_as(recon)
-    return ((recon - target).abs() * m).sum() / m.sum().clamp(min=1.0)
+    return ((recon - target).abs() * m).sum() / (m.sum() if count is None else count).clamp(min=1.0)
