@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
-from sbssl.engine.finetune import finetune, oversampled_order, stratified_holdout
+from sbssl.engine.finetune import finetune, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.engine.inference import apply_encoder_meta, build_classifier, encoder_init
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier, resample_index
@@ -64,6 +64,16 @@ def test_holdout_is_stratified_and_disjoint():
     fit, held = stratified_holdout(labels, 0.2, seed=0)
     assert not set(fit) & set(held) and len(fit) + len(held) == 40
     assert labels[held].sum() == 2 and (labels[held] == 0).sum() == 6
+
+
+def test_labelled_subsets_are_stratified_and_nested():
+    labels = np.array([1] * 20 + [0] * 80)
+    subsets = [labelled_subset(labels, n, seed=3) for n in (10, 25, 50, 100)]
+    assert [len(s) for s in subsets] == [10, 25, 50, 100]
+    assert [int(labels[s].sum()) for s in subsets] == [2, 5, 10, 20]
+    assert all(set(a) <= set(b) for a, b in zip(subsets, subsets[1:], strict=False))
+    rare = np.array([1] + [0] * 50)
+    assert rare[labelled_subset(rare, 8)].sum() == 1  # never more positives than exist
 
 
 def test_metrics_match_sklearn():

@@ -73,3 +73,41 @@ def test_nonfinite_loss_stops_before_any_update(tiny_set: Path, tmp_path: Path, 
 def test_two_runs_cannot_share_a_folder(tmp_path: Path):
     with RunLock(tmp_path), pytest.raises(SbsslError, match="another sbssl run"), RunLock(tmp_path):
         pass
+
+
+def test_nonfinite_step_is_skipped_when_configured(tiny_set: Path, tmp_path: Path, monkeypatch, caplog):
+    from safetensors.torch import load_file
+
+    from sbssl.engine import pretrain as pre
+
+    real, calls = pre._global_masked_l1, []
+
+    def nan_once(*a):
+        calls.append(1)
+        loss = real(*a)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(pre, "_global_masked_l1", nan_once)
+    pre.pretrain(load_config(None, TINY_VIT + ["train.epochs=1", "train.batch_size=64", "train.recon_every=0",
+                                              "train.nonfinite=skip"]), tiny_set, tmp_path / "r")
+    assert "non-finite loss at epoch 0 step 1: step skipped" in caplog.text
+    sd = load_file(tmp_path / "r" / "encoder.safetensors")
+    assert all(torch.isfinite(v).all() for v in sd.values())
+
+
+def test_resume_bookkeeping(tmp_path: Path):
+    """A killed run's torn log line and half-written temp files are cleaned before it resumes."""
+    from sbssl.utils.io import trim_jsonl
+    from sbssl.utils.rundir import remove_stale_tmp
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n{"epo')
+    trim_jsonl(log, lambda r: r["epoch"] <= 1)
+    assert log.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
+    (tmp_path / "checkpoints").mkdir()
+    stale = tmp_path / "checkpoints" / ".last.pt.abc123.tmp"
+    stale.write_bytes(b"half")
+    keep = tmp_path / "checkpoints" / "last.pt"
+    keep.write_bytes(b"x")
+    assert remove_stale_tmp(tmp_path) == [stale]
+    assert keep.exists() and not stale.exists()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -98,6 +99,7 @@ class FinetuneConfig:
     layer_decay: float = 1.0  # 1.0 = off
     batch_exams: int = 8
     select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
+    labels: int = 0  # use only this many labelled train exams (stratified, nested as it grows); 0 = all
 
 
 @dataclass
@@ -153,11 +155,16 @@ def load_config(file: str | None = None, overrides: list[str] | None = None, bas
         for o in overrides or []:
             if "=" not in o:
                 raise ConfigError(f"override '{o}': want key=value (e.g. train.epochs=5)")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for o in overrides or []:
+            try:
+                dot = OmegaConf.from_dotlist([o])
+            except yaml.YAMLError as e:
+                raise ConfigError(f"override '{o[:60]}': not a valid value ({str(e).splitlines()[0][:80]})") from None
+            cfg = OmegaConf.merge(cfg, dot)
+        OmegaConf.resolve(cfg)  # a broken ${interpolation} fails here, not in the middle of training
+        validate(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"config: {_omega_msg(e)}") from None
-    validate(cfg)
     return cfg
 
 
@@ -183,6 +190,7 @@ def validate(cfg: DictConfig) -> None:
         ("finetune.ensemble", cfg.finetune.ensemble >= 1, ">= 1"),
         ("finetune.slices", cfg.finetune.slices >= 1, ">= 1"),
         ("finetune.val_fraction", 0 < cfg.finetune.val_fraction < 1, "in (0, 1)"),
+        ("finetune.labels", cfg.finetune.labels == 0 or cfg.finetune.labels >= 4, "0 (all) or >= 4"),
     ]
     for key, ok, want in checks:
         if not ok:

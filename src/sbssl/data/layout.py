@@ -31,7 +31,7 @@ class ExamRecord:
 
 def _key(case: str) -> str:
     """Ids compare without zero padding: '0005' == '5'."""
-    return str(int(case)) if case.isdigit() else case
+    return case.lstrip("0") or "0" if case.isascii() and case.isdigit() else case
 
 
 def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, int]]:
@@ -93,6 +93,8 @@ def mrnet_split(root: Path, split: str, plane: str, task: str, labelled: bool = 
     if not labelled and not csv_path.exists():
         return _records(files, {}, folder)
     labels = read_labels(csv_path, header=None)
+    if files and not labels:
+        raise DataError(csv_path, "no label rows")
     for k, (case, _) in labels.items():
         if k not in files:
             raise DataError(csv_path, f"case {case} has no volume {split}/{plane}/{case}.npy")
@@ -106,6 +108,8 @@ def generic_split(folder: Path) -> list[ExamRecord]:
             files[_key(case_id(p))] = p
     csv_path = folder / "labels.csv"
     labels = read_labels(csv_path, header=None) if csv_path.exists() else {}
+    if files and csv_path.exists() and not labels:
+        raise DataError(csv_path, "no label rows")
     for k, (case, _) in labels.items():
         if k not in files:
             raise DataError(csv_path, f"case {case} has no volume in {folder}")
@@ -123,7 +127,7 @@ def _records(files: dict[str, Path], labels: dict, folder: Path) -> list[ExamRec
         keys = list(files)
     if not keys:
         raise DataError(folder, "empty split: no exams found")
-    keys.sort(key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+    keys.sort(key=lambda k: (0, int(k), "") if k.isascii() and k.isdigit() else (1, 0, k))
     if labels:
         return [ExamRecord(files[k].stem if files[k].suffix == ".npy" else case_id(files[k]), files[k],
                            labels[k][1]) for k in keys]

@@ -6,6 +6,7 @@ DataError naming the file and the fault.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 from sbssl.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_VOXELS = 2**28  # 1 GiB of float32; a knee exam is ~10M voxels, a damaged header can claim 10^15
 
 
 def is_volume_path(path: Path) -> bool:
@@ -69,7 +71,9 @@ def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     shape, _, dtype = header
     if dtype.hasobject:
         raise DataError(path, "holds Python objects (a pickle); refused, never unpickled")
-    want = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if math.prod(shape) > MAX_VOXELS:
+        raise DataError(path, f"implausibly large volume {shape} in the .npy header")
+    want = data_start + math.prod(shape) * dtype.itemsize
     size = path.stat().st_size
     if size < want:
         raise DataError(path, f"truncated .npy file ({size} of {want} bytes)")
@@ -86,7 +90,10 @@ def load_nifti(path: Path) -> np.ndarray:
 
     try:
         img = nib.load(str(path))
+        _check_nifti_size(img, Path(path))
         data = np.asarray(img.dataobj, dtype=np.float32)
+    except DataError:
+        raise
     except Exception as e:  # nibabel raises many types for a broken file
         raise DataError(path, f"not a readable NIfTI file ({_short(e)})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -94,6 +101,19 @@ def load_nifti(path: Path) -> np.ndarray:
     if data.ndim == 3:
         data = np.ascontiguousarray(np.moveaxis(data, -1, 0))
     return check_volume(data, Path(path))
+
+
+def _check_nifti_size(img, path: Path) -> None:
+    """Refuse a header whose volume is absurd or longer than the file, before anything is allocated."""
+    shape, itemsize = img.header.get_data_shape(), img.header.get_data_dtype().itemsize
+    voxels = math.prod(int(d) for d in shape)
+    if voxels > MAX_VOXELS:
+        raise DataError(path, f"implausibly large volume {tuple(shape)} in the NIfTI header")
+    if not path.name.lower().endswith(".gz"):
+        want = int(img.header.get_data_offset()) + voxels * itemsize
+        size = path.stat().st_size
+        if size < want:
+            raise DataError(path, f"truncated NIfTI file ({size} of {want} bytes)")
 
 
 def load_dicom_series(folder: Path) -> np.ndarray:

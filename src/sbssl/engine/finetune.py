@@ -35,11 +35,11 @@ from sbssl.engine.inference import (
     predict_probs,
     scale01,
 )
-from sbssl.engine.runtime import run_in_folder, seed_everything
+from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
 from sbssl.utils.draw import Draw
-from sbssl.utils.io import atomic_write, atomic_write_text
+from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.progress import progress
 
 log = logging.getLogger("sbssl")
@@ -56,6 +56,17 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
         held.append(idx[:k])
         fit.append(idx[k:])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
+
+
+def labelled_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """n exam indices keeping the class balance (>= 2 per class); nested: the subset for n is inside the one for
+    any larger n with the same seed, so a label-efficiency curve adds exams rather than redrawing them."""
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    pos, neg = rng.permutation(np.flatnonzero(labels == 1)), rng.permutation(np.flatnonzero(labels == 0))
+    k = min(max(2, round(n * len(pos) / len(labels))), len(pos), n - 2)
+    return np.sort(np.concatenate([pos[:k], neg[: n - k]]))
 
 
 def oversampled_order(labels: np.ndarray, idx: np.ndarray, gen: torch.Generator, oversample: bool = True
@@ -89,7 +100,8 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     labels = np.array([r.label for r in records])
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
-    fit, held = stratified_holdout(labels, cfg.finetune.val_fraction, cfg.train.seed)
+    used = labelled_subset(labels, cfg.finetune.labels, cfg.train.seed)
+    fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
     if rank0:
         atomic_write_text(out / "config.yaml", to_yaml(cfg))
         atomic_write_text(out / "split.json", json.dumps({"fit": [records[i].case for i in fit],
@@ -130,6 +142,9 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     augment = SliceAugment.from_config(cfg.augment)
     ck_dir = out / "checkpoints" / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
+    done = -1 if st is None else st["epoch"]
+    if rank == 0:
+        trim_jsonl(out / "log.jsonl", lambda rec: rec.get("member") != seed or rec.get("epoch", done + 1) <= done)
     start, step, best = 0, 0, {"auc": -1.0, "epoch": -1, "state": None}
     if st is not None:
         model.load_state_dict(st["model"])
@@ -170,9 +185,14 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
                 x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen, rank, world))
                 x = scale01(x, cfg)
                 loss = F.cross_entropy(model_f(x, lengths).float(), y)
-                if not torch.isfinite(loss):
-                    raise SbsslError(f"non-finite loss (member {seed}, epoch {epoch}, step {step}); "
-                                     f"last good checkpoint: {ck_dir / 'last.pt'}")
+                if not finite_on_all_ranks(fabric, loss):
+                    if cfg.train.nonfinite != "skip":
+                        raise SbsslError(f"non-finite loss (member {seed}, epoch {epoch}, step {step}); weights not "
+                                         f"updated; last good checkpoint: {ck_dir / 'last.pt'}")
+                    log.warning("non-finite loss (member %d, epoch %d, step %d): step skipped", seed, epoch, step)
+                    opt_f.zero_grad(set_to_none=True)
+                    step += 1
+                    continue
                 fabric.backward(loss)
                 if cfg.train.clip_grad > 0:
                     fabric.clip_gradients(model_f, opt_f, max_norm=cfg.train.clip_grad, error_if_nonfinite=False)

@@ -24,14 +24,14 @@ from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
 from sbssl.data.datasets import SliceDataset
 from sbssl.engine import checkpoint as ckpt
-from sbssl.engine.runtime import run_in_folder, seed_everything
+from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
 from sbssl.masking import GroupMasking
 from sbssl.models.gmml import GMMLAutoencoder, masked_l1
 from sbssl.models.vit import create_encoder, encoder_meta
 from sbssl.utils.draw import Draw
-from sbssl.utils.io import atomic_write, atomic_write_text
+from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.progress import progress
 
 log = logging.getLogger("sbssl")
@@ -144,6 +144,9 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
 def _restore(run: _Run) -> int:
     """Load the run folder's checkpoint, if any; returns the epoch to start from."""
     state = ckpt.load_checkpoint(run.out / "checkpoints")
+    done = -1 if state is None else state["epoch"]
+    if run.fabric.global_rank == 0:
+        trim_jsonl(run.out / "log.jsonl", lambda rec: rec.get("epoch", done + 1) <= done)
     if state is None:
         return 0
     run.model.load_state_dict(state["model"])
@@ -177,7 +180,7 @@ def _pretrain_epoch(run: _Run, epoch: int) -> dict:
             gen = torch.Generator(fabric.device).manual_seed(cfg.train.seed * 1_000_003 + run.step)
             target, corrupted, mask = run.step_fn.inputs(x_u8, Draw(fabric.device, gen, rank, world))
             loss = _global_masked_l1(fabric, run.model_f(corrupted).float(), target, mask)
-            if not torch.isfinite(loss):
+            if not finite_on_all_ranks(fabric, loss):
                 _nonfinite(run, epoch)
                 continue
             fabric.backward(loss)
@@ -220,8 +223,10 @@ def _global_masked_l1(fabric, recon, target, mask) -> torch.Tensor:
     """Masked L1 normalised by the mask size of the global batch: DDP then equals one process."""
     count = mask.to(recon.dtype).expand_as(recon).sum()
     if fabric.world_size > 1:
-        count = fabric.all_reduce(count.detach(), reduce_op="sum") / fabric.world_size
+        torch.distributed.all_reduce(count)
+        count = count / fabric.world_size
     return masked_l1(recon, target, mask, count)
+
 
 
 def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:

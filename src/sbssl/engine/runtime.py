@@ -12,7 +12,12 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 
-from sbssl.utils.rundir import RunLock, prepare_run
+from sbssl.errors import SbsslError
+from sbssl.utils.rundir import RunLock, prepare_run, remove_stale_tmp
+
+# What gloo / NCCL say when another process of the job has died or stopped answering.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote worker",
+              "NCCL communicator was aborted", "Timed out", "timed out")
 
 
 def cpu_has_bf16() -> bool:
@@ -61,5 +66,22 @@ def run_in_folder(trainer_cfg, out: Path, overwrite: bool, resume: bool, finishe
     if rank0:
         prepare_run(out, overwrite, resume, finished)
     fabric.barrier()
-    with RunLock(out) if rank0 else nullcontext():
-        return body(fabric, out)
+    try:
+        with RunLock(out) if rank0 else nullcontext():
+            if rank0:
+                remove_stale_tmp(out)  # half-written files of a killed run; the lock makes them ours
+            return body(fabric, out)
+    except RuntimeError as e:
+        if fabric.world_size > 1 and any(s in str(e) for s in _PEER_LOST):
+            raise SbsslError(f"{out}: rank {fabric.global_rank} lost another DDP process (it crashed or was killed: "
+                             f"{str(e).splitlines()[0][:100]}); the last checkpoint is kept, rerun the same command "
+                             f"to resume") from None
+        raise
+
+
+def finite_on_all_ranks(fabric: Fabric, loss: torch.Tensor) -> bool:
+    """Ranks must agree to skip or stop on a NaN/inf loss, or the others would wait forever in DDP's all-reduce."""
+    bad = (~torch.isfinite(loss.detach())).float()
+    if fabric.world_size > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return not bool(bad)

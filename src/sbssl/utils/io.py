@@ -38,6 +38,26 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def trim_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Keep the records of a JSON-lines log that `keep` accepts, dropping a torn last line.
+
+    A run killed after logging an epoch but before its checkpoint repeats that epoch on
+    resume; trimming first means every epoch is logged exactly once.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and keep(rec):
+            kept.append(line + "\n")
+    atomic_write_text(path, "".join(kept))
+
+
 def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     def write(p: Path) -> None:
         with open(p, "wb") as f:

@@ -58,6 +58,16 @@ class RunLock:
             self._fd = None
 
 
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete the temp files (`.NAME.*.tmp`) that a killed run's atomic writes left behind."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        logging.getLogger("sbssl").info("%s: removed %d half-written file(s) of an interrupted run", folder, len(stale))
+    return stale
+
+
 def prepare_run(out: Path, overwrite: bool, resume: bool, finished_marker: str) -> bool:
     """Ready a training run folder; returns True when an unfinished run is there to resume.
 
