@@ -38,6 +38,24 @@ def timeit(fn, warmup: int = 2, repeats: int = 5, sync=None) -> float:
     return statistics.median(times)
 
 
+def timeit_interleaved(fns: list, warmup: int = 2, repeats: int = 5, sync=None) -> list[float]:
+    """Median seconds of each fn, run in turn (ABAB...): a noisy shared CPU then slows all of them alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, ts in zip(fns, times, strict=True):
+            if sync:
+                sync()
+            t = time.perf_counter()
+            fn()
+            if sync:
+                sync()
+            ts.append(time.perf_counter() - t)
+    return [statistics.median(ts) for ts in times]
+
+
 def record(name: str, result: dict, command: str, summary: str) -> None:
     """Write benchmarks/results/NAME.json and append a row to RESULTS.md."""
     result = {"benchmark": name, "machine": machine(), "date": _dt.date.today().isoformat(), "command": command,

@@ -1,13 +1,15 @@
-"""Latency of one 32-slice exam through ViT-S at 256 px (batch 1 exam), fp32 and bf16, median of repeats,
-and the achieved FLOP/s against this machine's matmul rate measured in the same run. Target: <= 0.6 s.
+"""Latency of one 32-slice exam through ViT-S at 256 px (batch 1 exam), fp32, bf16 and bf16 compiled
+(`sbssl predict --compile`: inductor with freezing), median of repeats, and the achieved FLOP/s against
+this machine's matmul rate measured in the same run. Target: <= 0.6 s.
 
-    python benchmarks/inference.py [--model vit_small --slices 32 --img 256]
+    python benchmarks/inference.py [--model vit_small --slices 32 --img 256] [--no-compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record, timeit, vit_flops  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
-from sbssl.engine.inference import build_classifier  # noqa: E402
+from sbssl.engine.inference import build_classifier, compile_for_inference  # noqa: E402
 
 
 def main() -> None:
@@ -26,6 +28,7 @@ def main() -> None:
     ap.add_argument("--img", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", action="store_true")
     a = ap.parse_args()
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -36,21 +39,30 @@ def main() -> None:
     flops = a.slices * vit_flops(model.encoder, (a.img // 16) ** 2 + 1)
     n = 4096 if dev.type == "cuda" else 2048
     out = {"model": a.model, "slices": a.slices, "img": a.img, "device": a.device, "gflop_per_exam": flops / 1e9}
-    for prec, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    variants = [("fp32", torch.float32, model), ("bf16", torch.bfloat16, model)]
+    if not a.no_compile:
+        variants.append(("bf16_compiled", torch.bfloat16, compile_for_inference(model)))
+    for name, dt, net in variants:
         m1, m2 = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
         t_mm = timeit(lambda m1=m1, m2=m2: m1 @ m2, 2, 5, sync)
         peak = 2 * n**3 / t_mm
 
-        @torch.inference_mode()
-        def run(prec=prec):
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
-                model(x, lengths)
+        @torch.no_grad()
+        def run(net=net, bf16=dt == torch.bfloat16):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                net(x, lengths)
 
+        t_first = time.perf_counter()
+        run()  # compiles, for the compiled variant
+        t_first = time.perf_counter() - t_first
         t = timeit(run, 2, a.repeats, sync)
-        out[prec] = {"latency_s": t, "achieved_tflops": flops / t / 1e12, "matmul_tflops": peak / 1e12,
-                     "fraction_of_matmul_rate": flops / t / peak}
+        out[name] = {"latency_s": t, "first_call_s": t_first, "achieved_tflops": flops / t / 1e12,
+                     "matmul_tflops": peak / 1e12, "fraction_of_matmul_rate": flops / t / peak}
     summary = "; ".join(f"{p}: {out[p]['latency_s']:.3f} s/exam, {out[p]['achieved_tflops']:.2f} TFLOP/s = "
-                        f"{100 * out[p]['fraction_of_matmul_rate']:.0f}% of matmul rate" for p in ("fp32", "bf16"))
+                        f"{100 * out[p]['fraction_of_matmul_rate']:.0f}% of matmul rate"
+                        for p, _, _ in variants)
+    if not a.no_compile:
+        summary += f" (compile {out['bf16_compiled']['first_call_s']:.0f} s once)"
     record("inference", out, "python " + " ".join(sys.argv), f"{a.model} {a.slices}x{a.img}px: {summary}")
 
 

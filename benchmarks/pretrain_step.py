@@ -15,7 +15,7 @@ import sys
 import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import matmul_rate, record, timeit, vit_flops  # noqa: E402
+from _common import matmul_rate, record, timeit, timeit_interleaved, vit_flops  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.engine.pretrain import GMMLStep, build_model  # noqa: E402
@@ -57,8 +57,7 @@ def measure(a, cfg, dev, x_u8, prec: str, sync) -> dict:
     masking = GroupMasking.from_config(cfg.mask)
     big = torch.randn(max(a.batch, 64), 1, a.img, a.img, device=dev)
     t_mask = timeit(lambda: masking(big, Draw(dev)), 1, a.repeats, sync)
-    t_g = timeit(gmml_step, 2, a.repeats, sync)
-    t_b = timeit(bare_step, 2, a.repeats, sync)
+    t_g, t_b = timeit_interleaved([gmml_step, bare_step], 2, a.repeats, sync)
     # training FLOPs ~ 3x the encoder's forward; utilisation against the matmul rate measured here
     train_flops = 3 * vit_flops(enc, (a.img // a.patch) ** 2 + 1)
     peak = matmul_rate(dev, torch.bfloat16 if prec == "bf16" else torch.float32)

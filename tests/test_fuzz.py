@@ -264,3 +264,50 @@ def test_cli_check_on_fuzzed_volume(capsys: pytest.CaptureFixture, blob: bytes, 
         if code == 2:
             lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
             assert lines and all(str(root) in ln for ln in lines), err
+
+
+def _encoder_bytes() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    meta = {"format": "sbssl-gmml-encoder", "name": "vit_tiny", "patch_size": "8", "in_chans": "1",
+            "img_size": "32", "mean": "0.3", "std": "0.2"}
+    return save({"pos_embed": torch.zeros(1, 17, 4), "cls_token": torch.zeros(1, 1, 4)}, metadata=meta)
+
+
+ENC = _encoder_bytes()
+
+
+@FUZZ
+@given(st.one_of(mutations(ENC), st.binary(max_size=200)))
+def test_encoder_file_survives_damage(blob: bytes):
+    """An encoder handed to `init=` is safetensors only: damage is one SbsslError line, never a pickle load."""
+    from sbssl.engine.inference import encoder_init
+    from sbssl.errors import SbsslError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _write(tmp, "encoder.safetensors", blob)
+        try:
+            sd, meta, _ = encoder_init(str(path))
+        except SbsslError as e:
+            assert "\n" not in str(e) and str(path) in str(e)
+            return
+        assert meta["format"] == "sbssl-gmml-encoder" and isinstance(sd, dict)
+
+
+def test_pickled_pt_as_encoder_is_refused_unexecuted(tmp_path: Path):
+    import torch
+
+    from sbssl.engine.inference import encoder_init
+    from sbssl.errors import SbsslError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "encoder.pt")
+    with pytest.raises(SbsslError, match="not a readable safetensors"):
+        encoder_init(str(tmp_path / "encoder.pt"))
+    assert not marker.exists()

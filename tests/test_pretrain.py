@@ -72,23 +72,27 @@ def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
     assert res.returncode == 2 and "--overwrite" in res.stderr
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny_set: Path, tmp_path: Path, monkeypatch):
+def test_resume_reproduces_the_uninterrupted_run(tiny_set: Path, tmp_path: Path, monkeypatch, caplog):
     args = TINY + ["train.epochs=3", "train.deterministic=true", "data.cache_dir=" + str(tmp_path / "c")]
     pretrain(load_config(None, args), tiny_set, tmp_path / "a")
 
     real_save, calls = ckpt.save_checkpoint, []
 
-    def crash_after_first(folder, state):
+    def crash_after_second(folder, state):
         real_save(folder, state)
         calls.append(1)
-        if len(calls) == 1:
-            raise KeyboardInterrupt  # the process dies right after epoch 1's checkpoint
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies right after epoch 2's checkpoint
 
-    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_first)
+    monkeypatch.setattr(ckpt, "save_checkpoint", crash_after_second)
     with pytest.raises(KeyboardInterrupt):
         pretrain(load_config(None, args), tiny_set, tmp_path / "b")
-    assert len(_losses(tmp_path / "b")) == 1
-    pretrain(load_config(None, args), tiny_set, tmp_path / "b")  # resumes automatically
+    monkeypatch.undo()
+    assert len(_losses(tmp_path / "b")) == 2
+    last = tmp_path / "b" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # and epoch 2's checkpoint is damaged on disk
+    pretrain(load_config(None, args), tiny_set, tmp_path / "b")  # resumes automatically, from prev.pt
+    assert "unreadable checkpoint" in caplog.text and "resuming from" in caplog.text
     assert _losses(tmp_path / "b") == _losses(tmp_path / "a")
     a, b = load_file(tmp_path / "a" / "encoder.safetensors"), load_file(tmp_path / "b" / "encoder.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

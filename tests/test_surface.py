@@ -106,3 +106,15 @@ def test_demo_quick_and_report_in_chromium(tmp_path: Path):
     # a second demo into the finished folder is refused
     again = run_cli("demo", "--quick", "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_compiled_inference_matches_eager(ft_run: Path, tiny_set: Path):
+    from sbssl.data.cache import slice_cache_for
+    from sbssl.engine.inference import compile_for_inference, load_ensemble, predict_probs
+
+    ens = load_ensemble(ft_run)
+    cache, records = slice_cache_for(ens.cfg, tiny_set, "valid")
+    exams = np.arange(len(records))
+    eager = predict_probs(ens.models[0], cache, exams, ens.cfg, "cpu", 4)
+    compiled = predict_probs(compile_for_inference(ens.models[0]), cache, exams, ens.cfg, "cpu", 4)
+    assert np.abs(eager - compiled).max() < 1e-3

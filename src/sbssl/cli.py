@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--block", type=int, default=10)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the ensemble first (~20 s once per model; ~1.5x faster per exam on CPU)")
 
     p = sub.add_parser("report", help="a self-contained report.html from run folders")
     p.add_argument("runs", nargs="+", help="run folders (or a folder holding several)")
@@ -207,7 +209,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from sbssl.predict import predict
 
     failed = predict(Path(a.model), [Path(p) for p in a.inputs], Path(a.out), overlays=not a.no_overlays,
-                     block=a.block)
+                     block=a.block, compile=a.compile)
     print(f"predictions: {Path(a.out) / 'predictions.csv'}")
     if failed:
         raise SystemExit(2)

@@ -15,7 +15,7 @@ import torch
 
 from sbssl.data.cache import SliceCache, prepare_volume
 from sbssl.data.volume_io import is_volume_path, load_volume
-from sbssl.engine.inference import Ensemble, gather_exams, load_ensemble, predict_probs
+from sbssl.engine.inference import Ensemble, compile_for_inference, gather_exams, load_ensemble, predict_probs
 from sbssl.engine.runtime import cpu_has_bf16
 from sbssl.errors import DataError, SbsslError
 from sbssl.evaluate.report_files import write_predictions
@@ -47,10 +47,11 @@ def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
 
 
 def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
-            block: int = 10) -> int:
+            block: int = 10, compile: bool = False) -> int:
     """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs."""
     ens = load_ensemble(model_dir, device)
     bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    scorers = [compile_for_inference(m) for m in ens.models] if compile else ens.models
     files = expand_inputs(inputs)
     if not files:
         raise SbsslError("predict: no exams found in the inputs")
@@ -65,7 +66,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        p = float(np.mean([predict_probs(m, cache, np.array([0]), ens.cfg, device, 1, bf16)[0] for m in ens.models]))
+        p = float(np.mean([predict_probs(m, cache, np.array([0]), ens.cfg, device, 1, bf16)[0] for m in scorers]))
         names.append(name)
         probs.append(p)
         if overlays:
