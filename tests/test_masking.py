@@ -27,6 +27,23 @@ def test_coverage_within_gmml_range(ratio: float, align: int):
     assert cov.std() > (ratio - lo) / 6 or ratio == lo
 
 
+def test_batched_search_equals_the_reference_rectangle_loop():
+    """Same draws, consumed as the reference GMML code does: rectangles added in order until the target is met."""
+    g, b, h = GroupMasking(max_ratio=0.7, align=1, replace=("noise",)), 24, 48
+    mask = g.sample_mask(b, h, h, Draw("cpu", torch.Generator().manual_seed(5)))
+    d, k, side = Draw("cpu", torch.Generator().manual_seed(5)), g._n_candidates(h, h), int(0.3 * h)
+    target = (0.5 + 0.2 * d.rand(b)) * h * h
+    rh, rw = d.randint(1, side + 1, b, k), d.randint(1, side + 1, b, k)
+    r0, c0 = (d.rand(b, k) * h).long(), (d.rand(b, k) * h).long()
+    for i in range(b):
+        ref = torch.zeros(h, h, dtype=torch.bool)
+        for j in range(k):
+            ref[r0[i, j]: r0[i, j] + rh[i, j], c0[i, j]: c0[i, j] + rw[i, j]] = True
+            if ref.sum() >= target[i]:
+                break
+        assert torch.equal(mask[i, 0], ref), i
+
+
 def test_alignment_to_grid():
     g = GroupMasking(max_ratio=0.7, align=8)
     m = g.sample_mask(50, 64, 64, Draw("cpu"))[:, 0]

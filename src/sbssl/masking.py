@@ -70,10 +70,11 @@ class GroupMasking:
             cnt = diff.view(b, hg + 1, wg + 1).cumsum(1).cumsum(2)[:, :hg, :wg]
             return cnt > 0.5
 
-        # smallest n in [1, k] whose union reaches the target (coverage grows with n)
+        # smallest n in [1, k] whose union reaches the target (coverage grows with n); a fixed number of
+        # halvings instead of `while (lo < hi).any()` never waits on the device (no host sync per step)
         lo_n = torch.ones(b, dtype=torch.long, device=device)
         hi_n = torch.full((b,), k, dtype=torch.long, device=device)
-        while bool((lo_n < hi_n).any()):
+        for _ in range(max(1, (k - 1).bit_length())):
             mid = (lo_n + hi_n) // 2
             enough = union(mid).sum((1, 2)) >= target
             hi_n = torch.where(enough, mid, hi_n)
