@@ -51,6 +51,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
                         alpha=0.15)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(sorted({p["labels"] for p in points}), [str(v) for v in sorted({p["labels"] for p in points})])
     ax.set_xlabel("labelled training exams")
     ax.set_ylabel("valid AUC (95% bootstrap CI)")
