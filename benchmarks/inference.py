@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import record, timeit, vit_flops  # noqa: E402
+from _common import record, timeit, timeit_interleaved, vit_flops  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.engine.inference import build_classifier, compile_for_inference  # noqa: E402
@@ -42,22 +42,26 @@ def main() -> None:
     variants = [("fp32", torch.float32, model), ("bf16", torch.bfloat16, model)]
     if not a.no_compile:
         variants.append(("bf16_compiled", torch.bfloat16, compile_for_inference(model)))
-    for name, dt, net in variants:
+    peaks = {}
+    for dt in (torch.float32, torch.bfloat16):
         m1, m2 = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
-        t_mm = timeit(lambda m1=m1, m2=m2: m1 @ m2, 2, 5, sync)
-        peak = 2 * n**3 / t_mm
+        peaks[dt] = 2 * n**3 / timeit(lambda m1=m1, m2=m2: m1 @ m2, 2, 5, sync)
+    runs, first = [], {}
+    for name, dt, net in variants:
 
         @torch.no_grad()
         def run(net=net, bf16=dt == torch.bfloat16):
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 net(x, lengths)
 
-        t_first = time.perf_counter()
+        t0 = time.perf_counter()
         run()  # compiles, for the compiled variant
-        t_first = time.perf_counter() - t_first
-        t = timeit(run, 2, a.repeats, sync)
-        out[name] = {"latency_s": t, "first_call_s": t_first, "achieved_tflops": flops / t / 1e12,
-                     "matmul_tflops": peak / 1e12, "fraction_of_matmul_rate": flops / t / peak}
+        first[name] = time.perf_counter() - t0
+        runs.append(run)
+    # interleaved (ABCABC...): this shared CPU's speed drifts by tens of percent between minutes
+    for (name, dt, _), t in zip(variants, timeit_interleaved(runs, 1, a.repeats, sync), strict=True):
+        out[name] = {"latency_s": t, "first_call_s": first[name], "achieved_tflops": flops / t / 1e12,
+                     "matmul_tflops": peaks[dt] / 1e12, "fraction_of_matmul_rate": flops / t / peaks[dt]}
     summary = "; ".join(f"{p}: {out[p]['latency_s']:.3f} s/exam, {out[p]['achieved_tflops']:.2f} TFLOP/s = "
                         f"{100 * out[p]['fraction_of_matmul_rate']:.0f}% of matmul rate"
                         for p, _, _ in variants)
