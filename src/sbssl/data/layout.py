@@ -31,7 +31,7 @@ class ExamRecord:
 
 def _key(case: str) -> str:
     """Ids compare without zero padding: '0005' == '5'."""
-    return case.lstrip("0") or "0" if case.isascii() and case.isdigit() else case
+    return (case.lstrip("0") or "0") if case.isascii() and case.isdigit() else case
 
 
 def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, int]]:

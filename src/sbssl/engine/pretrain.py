@@ -228,7 +228,6 @@ def _global_masked_l1(fabric, recon, target, mask) -> torch.Tensor:
     return masked_l1(recon, target, mask, count)
 
 
-
 def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:
     """The encoder alone, as timm names its weights, plus what rebuilds it and its input scaling."""
     meta = encoder_meta(model.encoder, cfg.model.name)
