@@ -24,18 +24,7 @@ def machine() -> str:
 
 def timeit(fn, warmup: int = 2, repeats: int = 5, sync=None) -> float:
     """Median seconds of fn() after warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        t = time.perf_counter()
-        fn()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return timeit_interleaved([fn], warmup, repeats, sync)[0]
 
 
 def timeit_interleaved(fns: list, warmup: int = 2, repeats: int = 5, sync=None) -> list[float]:
@@ -54,6 +43,30 @@ def timeit_interleaved(fns: list, warmup: int = 2, repeats: int = 5, sync=None) 
                 sync()
             ts.append(time.perf_counter() - t)
     return [statistics.median(ts) for ts in times]
+
+
+def gmml_train_step(cfg, dev: torch.device, x_u8: torch.Tensor, bf16: bool, compile: bool = False):
+    """One full GMML step as the engine runs it (augment + corrupt + encoder + decoder + masked L1 + AdamW),
+    as a closure over a fresh model, for timing."""
+    from sbssl.engine.pretrain import GMMLStep, build_model
+    from sbssl.models.gmml import masked_l1
+    from sbssl.utils.draw import Draw
+
+    gmml = build_model(cfg).to(dev)
+    opt = torch.optim.AdamW(gmml.parameters(), lr=1e-4)
+    step_fn = GMMLStep(cfg, 0.3, 0.25)
+    fwd = torch.compile(gmml) if compile else gmml
+
+    def step() -> None:
+        target, corrupted, mask = step_fn.inputs(x_u8, Draw(dev))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            recon = fwd(corrupted)
+        masked_l1(recon.float(), target, mask).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step.model = gmml
+    return step
 
 
 def record(name: str, result: dict, command: str, summary: str) -> None:

@@ -15,12 +15,10 @@ import sys
 import torch
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _common import matmul_rate, record, timeit, timeit_interleaved, vit_flops  # noqa: E402
+from _common import gmml_train_step, matmul_rate, record, timeit, timeit_interleaved, vit_flops  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
-from sbssl.engine.pretrain import GMMLStep, build_model  # noqa: E402
 from sbssl.masking import GroupMasking  # noqa: E402
-from sbssl.models.gmml import masked_l1  # noqa: E402
 from sbssl.models.vit import create_encoder  # noqa: E402
 from sbssl.utils.draw import Draw  # noqa: E402
 
@@ -28,18 +26,7 @@ from sbssl.utils.draw import Draw  # noqa: E402
 def measure(a, cfg, dev, x_u8, prec: str, sync) -> dict:
     ac = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": prec == "bf16"}
     torch.manual_seed(0)
-    gmml = build_model(cfg).to(dev)
-    opt = torch.optim.AdamW(gmml.parameters(), lr=1e-4)
-    step_fn = GMMLStep(cfg, 0.3, 0.25)
-    fwd = torch.compile(gmml) if a.compile else gmml
-
-    def gmml_step():
-        target, corrupted, mask = step_fn.inputs(x_u8, Draw(dev))
-        with torch.autocast(**ac):
-            recon = fwd(corrupted)
-        masked_l1(recon.float(), target, mask).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    gmml_step = gmml_train_step(cfg, dev, x_u8, prec == "bf16", a.compile)
 
     torch.manual_seed(0)
     enc = create_encoder(a.model, a.img, a.patch, 1, 0.1).to(dev)

@@ -23,33 +23,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import record, timeit  # noqa: E402
+from _common import gmml_train_step, record, timeit  # noqa: E402
 
 
 def one(model: str, img: int, batch: int, device: str, repeats: int) -> dict:
     """Step time and peak memory of one configuration (run in its own process)."""
     from sbssl.config import load_config
-    from sbssl.engine.pretrain import GMMLStep, build_model
     from sbssl.engine.runtime import cpu_has_bf16
-    from sbssl.models.gmml import masked_l1
-    from sbssl.utils.draw import Draw
 
     dev = torch.device(device)
     bf16 = dev.type == "cuda" or cpu_has_bf16()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cfg = load_config(None, [f"model.name={model}", f"data.img_size={img}"])
-    gmml = build_model(cfg).to(dev)
-    opt = torch.optim.AdamW(gmml.parameters(), lr=1e-4)
-    step_fn = GMMLStep(cfg, 0.3, 0.25)
     x_u8 = torch.randint(0, 256, (batch, 1, img, img), dtype=torch.uint8, device=dev)
-
-    def step():
-        target, corrupted, mask = step_fn.inputs(x_u8, Draw(dev))
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            recon = gmml(corrupted)
-        masked_l1(recon.float(), target, mask).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = gmml_train_step(cfg, dev, x_u8, bf16)
+    gmml = step.model
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     t = timeit(step, 1, repeats, sync)
