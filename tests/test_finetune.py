@@ -26,7 +26,7 @@ from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 def test_aggregators_with_exams_of_different_lengths(name: str):
     torch.manual_seed(0)
     enc = create_encoder("vit_tiny", 32, 8, 1, 0.0)
-    model = SliceClassifier(enc, name, slices=4).eval()
+    model = SliceClassifier(enc, name, slices=4 if name == "concat" else 0).eval()
     lengths = torch.tensor([3, 5, 1])
     sel = model.select(lengths)
     x = torch.randn(int(lengths.sum()), 1, 32, 32)

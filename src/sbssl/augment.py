@@ -6,6 +6,10 @@ random resized crop + horizontal flip as one affine resampling (bilinear), Gauss
 blur, sharpness, brightness and contrast. Saturation and hue, also listed in the
 paper, have no meaning for one-channel MRI and are left out. Input and output are
 images in [0, 1].
+
+The flip is a mirror of the image's horizontal axis. It is anatomically valid only where that axis is the
+patient's left-right (coronal and axial series: a left knee is the mirror of a right one); on a sagittal
+slice it swaps anterior and posterior, an image no scanner produces, so `for_plane` turns it off there.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from sbssl.utils.draw import Draw
+
+# Does a horizontal mirror of this plane's slices give an image a scanner could produce?
+MIRROR_IS_ANATOMICAL = {"sagittal": False, "coronal": True, "axial": True}
+
+
+def flip_probability(flip: float, plane: str) -> float:
+    """The configured flip where the mirror is left-right of the patient; 0 where it is anterior-posterior."""
+    return flip if MIRROR_IS_ANATOMICAL.get(plane, False) else 0.0
 
 
 @dataclass
@@ -32,9 +44,9 @@ class SliceAugment:
     jitter: float = 0.8
 
     @classmethod
-    def from_config(cls, a) -> SliceAugment:
-        return cls(tuple(a.crop_scale), (3 / 4, 4 / 3), a.flip, a.blur, tuple(a.blur_sigma), a.sharpness,
-                   a.brightness, a.contrast, a.jitter)
+    def from_config(cls, a, plane: str = "sagittal") -> SliceAugment:
+        return cls(tuple(a.crop_scale), (3 / 4, 4 / 3), flip_probability(a.flip, plane), a.blur,
+                   tuple(a.blur_sigma), a.sharpness, a.brightness, a.contrast, a.jitter)
 
     def __call__(self, x: torch.Tensor, groups: torch.Tensor | None = None,
                  draw: Draw | None = None) -> torch.Tensor:

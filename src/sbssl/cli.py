@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid", type=int, default=120)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--difficulty", type=float, default=0.5, help="0 easy .. 1 subtle tears, more noise")
+    p.add_argument("--difficulty", type=float, default=0.5,
+                   help="0: every ACL tear conspicuous .. 1: the hardest mix (partial, chronic, mimics, more noise)")
+    p.add_argument("--prevalence", type=float, default=0.0,
+                   help="share of ACL tears in the train split (default: MRNet's 18.4%%; valid keeps MRNet's 45%%)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.add_argument("--gallery", action="store_true", help="also write PNG mosaics under OUT/gallery/")
     p.add_argument("--overwrite", action="store_true")
@@ -143,9 +146,11 @@ def cmd_synth(a: argparse.Namespace) -> None:
         raise SbsslError("synth: --size must be >= 32")
     if not 0.0 <= a.difficulty <= 1.0:
         raise SbsslError("synth: --difficulty must be in [0, 1]")
+    if not 0.0 <= a.prevalence < 1.0:
+        raise SbsslError("synth: --prevalence must be in [0, 1) (0 = MRNet's)")
     out = Path(a.out)
     prepare_out(out, a.overwrite, marker="train-acl.csv")
-    spec = SynthSpec(a.train, a.valid, a.size, a.seed, a.difficulty, a.workers or os.cpu_count() or 1)
+    spec = SynthSpec(a.train, a.valid, a.size, a.seed, a.difficulty, a.prevalence, a.workers or os.cpu_count() or 1)
     generate(out, spec)
     if a.gallery:
         acl_gallery(out / "gallery" / "acl.png", seed=a.seed, size=a.size, difficulty=a.difficulty)

@@ -25,6 +25,8 @@ class DataConfig:
     plane: str = "sagittal"  # sagittal | coronal | axial
     task: str = "acl"  # acl | meniscus | abnormal
     img_size: int = 256
+    crop: float = 1.0  # region of interest: central fraction of each in-plane side kept (1 = the full field)
+    slab: float = 1.0  # region of interest: central fraction of the stack kept (1 = every slice)
     cache_dir: str = ""  # default: ROOT/.sbssl-cache, else ~/.cache/sbssl
     workers: int = 0  # DataLoader worker processes (the cache makes 0 fast enough on CPU)
     mean: float = -1.0  # dataset statistics of [0,1]-scaled slices; -1 = from the train split
@@ -35,6 +37,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "vit_small"  # vit_tiny | vit_small | vit_base | mrnet_cnn
     patch_size: int = 16
+    stem: str = "patch"  # patch (the paper's linear patchify) | conv (stride-2 convolutions, for small data)
     in_chans: int = 1
     drop_path: float = 0.1
     skip_blocks: list[int] = field(default_factory=lambda: [6, 8, 10, 12])  # 1-indexed, of depth 12
@@ -93,12 +96,14 @@ class TrainerConfig:
 class FinetuneConfig:
     ensemble: int = 5
     aggregator: str = "concat"  # concat | max | mean | attention
-    slices: int = 32  # f: exams are resampled to f slices for the concat aggregator
+    slice_feature: str = "cls"  # cls (the paper's class token) | max | mean over the patch tokens
+    slices: int = 32  # f: every exam is resampled to f evenly spaced slices; 0 = all (not for concat)
     val_fraction: float = 0.2  # held-out part of train for model selection (never the reported split)
     oversample: bool = True
     layer_decay: float = 1.0  # 1.0 = off
     batch_exams: int = 8
     select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
+    freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
     labels: int = 0  # use only this many labelled train exams (stratified, nested as it grows); 0 = all
 
 
@@ -120,6 +125,8 @@ CHOICES = {
     "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
     "finetune.aggregator": ("concat", "max", "mean", "attention"),
     "finetune.select": ("auc", "last"),
+    "finetune.slice_feature": ("cls", "max", "mean"),
+    "model.stem": ("patch", "conv"),
     "train.nonfinite": ("stop", "skip"),
 }
 MASK_TYPES = ("zeros", "ones", "noise", "image", "mix")
@@ -181,14 +188,19 @@ def validate(cfg: DictConfig) -> None:
         ("mask.align", cfg.mask.align >= 1 and cfg.data.img_size % cfg.mask.align == 0,
          "a divisor of data.img_size"),
         ("data.img_size", cfg.data.img_size >= 8, ">= 8"),
+        ("data.crop", 0 < cfg.data.crop <= 1, "in (0, 1]"),
+        ("data.slab", 0 < cfg.data.slab <= 1, "in (0, 1]"),
         ("model.patch_size", cfg.model.patch_size >= 1 and cfg.data.img_size % cfg.model.patch_size == 0,
          "a divisor of data.img_size"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),
+        ("model.patch_size", cfg.model.stem == "patch" or cfg.model.patch_size in (2, 4, 8, 16, 32),
+         "a power of two with model.stem=conv"),
         ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
         ("finetune.ensemble", cfg.finetune.ensemble >= 1, ">= 1"),
-        ("finetune.slices", cfg.finetune.slices >= 1, ">= 1"),
+        ("finetune.slices", cfg.finetune.slices >= (1 if cfg.finetune.aggregator == "concat" else 0),
+         ">= 1 for concat, >= 0 otherwise"),
         ("finetune.val_fraction", 0 < cfg.finetune.val_fraction < 1, "in (0, 1)"),
         ("finetune.labels", cfg.finetune.labels == 0 or cfg.finetune.labels >= 4, "0 (all) or >= 4"),
     ]

@@ -42,7 +42,8 @@ def _is_series(folder: Path) -> bool:
 
 def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
     """One exam prepared exactly as in training, wrapped as a one-exam cache."""
-    u8 = prepare_volume(vol, ens.cfg.data.img_size)
+    d = ens.cfg.data
+    u8 = prepare_volume(vol, d.img_size, d.crop, d.slab)
     return SliceCache(u8, np.array([0, len(u8)]), [name], ens.cfg.data.mean, ens.cfg.data.std)
 
 

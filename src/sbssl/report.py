@@ -118,6 +118,7 @@ def build_report(roots: list[Path], out: Path, title: str = "sbssl report") -> P
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style>{CHECK_JS}</head><body><h1>{html.escape(title)}</h1>"]
     parts.append(_table(found))
+    parts.append(_by_tear_type(found))
     parts.append(_comparison(found))
     rocs = [(r, r / "roc.png") for r in found.finetune if (r / "roc.png").exists()]
     if rocs:
@@ -162,6 +163,32 @@ def _table(found: Found) -> str:
             "<th>AUC [95% bootstrap CI]</th><th>sens / spec</th><th>members</th><th>run</th></tr>"
             + "".join(rows) + "</table><p class='note'>Accuracy, sensitivity and specificity at threshold 0.5; "
             "epochs chosen on a held-out part of the train split, never on the reported split.</p>")
+
+
+def _by_tear_type(found: Found) -> str:
+    """Sensitivity per ACL tear type, where the dataset ships findings (the synthetic set does)."""
+    from omegaconf import OmegaConf
+
+    from sbssl.evaluate.findings import TEAR_TYPES, read_findings, sensitivity_by_tear_type
+
+    rows = []
+    for run in found.finetune:
+        m = json.loads((run / "metrics.json").read_text())
+        root = OmegaConf.load(run / "config.yaml").data.get("root", "")
+        findings = read_findings(Path(root), m["split"]) if root and m.get("task") == "acl" else None
+        if not findings or not (run / "predictions.csv").exists():
+            continue
+        sens = sensitivity_by_tear_type(run / "predictions.csv", findings)
+        cells = "".join(f"<td>{sens[k][0]:.2f} ({sens[k][1]})</td>" if k in sens else "<td>-</td>"
+                        for k in TEAR_TYPES)
+        rows.append(f"<tr><td>{html.escape(_method(m))}</td><td>{html.escape(run.name)}</td>{cells}</tr>")
+    if not rows:
+        return ""
+    return ("<h2>Sensitivity by ACL tear type</h2><table><tr><th>method</th><th>run</th>"
+            + "".join(f"<th>{k} (n)</th>" for k in TEAR_TYPES) + "</tr>" + "".join(rows)
+            + "</table><p class='note'>Share of torn exams of each type called positive at threshold 0.5, from "
+            "the dataset's <code>findings/</code> files. Partial tears (thickening, intermediate signal) and chronic "
+            "absence (fat in an empty notch) are the subtle ones on a fat-suppressed sagittal series.</p>")
 
 
 def _comparison(found: Found) -> str:

@@ -1,7 +1,9 @@
-"""The slice cache: every slice of a split, normalised and resized once, memory-mapped.
+"""The slice cache: every slice of a split, cut to its region of interest, normalised and resized once,
+memory-mapped.
 
-Each volume is robustly min-max scaled to [0, 1] (0.5th..99.5th percentile), resized
-to img_size and stored as uint8 in one contiguous array; exams are ranges in it. The
+Each volume is cut to its region of interest (a central slab of the stack and a central in-plane crop,
+`roi`), robustly min-max scaled to [0, 1] (0.5th..99.5th percentile of the region), resized to img_size
+and stored as uint8 in one contiguous array; exams are ranges in it. The
 dataset mean/std (of the [0, 1] values) is computed while building and kept beside it.
 Random access is then a page-cache read: data is never the bottleneck.
 """
@@ -23,7 +25,25 @@ from sbssl.data.layout import ExamRecord, list_exams
 from sbssl.data.volume_io import load_npy, load_volume
 from sbssl.utils.io import atomic_write, atomic_write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+
+
+def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0) -> np.ndarray:
+    """The region of interest: the central `slab` fraction of the stack and the central `crop` fraction of
+    each side of the field. Knee pipelines centre-crop (MRNet solutions) because the cruciates and menisci sit
+    in the middle of a knee series, while its edges hold look-alikes (vessels, recesses, effusion)."""
+    n, h, w = vol.shape
+    if slab < 1.0:
+        lo, hi = (1 - slab) / 2 * (n - 1), (1 + slab) / 2 * (n - 1)
+        a, b = int(np.ceil(lo - 1e-6)), int(np.floor(hi + 1e-6))
+        if b < a:  # a slab narrower than one slice spacing: the slice nearest the centre
+            a = b = int(round((n - 1) / 2))
+        vol = vol[a: b + 1]
+    if crop < 1.0:
+        ch, cw = max(1, round(crop * h)), max(1, round(crop * w))
+        r, c = (h - ch) // 2, (w - cw) // 2
+        vol = vol[:, r: r + ch, c: c + cw]
+    return vol
 
 
 def robust_minmax(vol: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
@@ -44,9 +64,9 @@ def resize_slices(vol01: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0].numpy()
 
 
-def prepare_volume(vol: np.ndarray, size: int) -> np.ndarray:
+def prepare_volume(vol: np.ndarray, size: int, crop: float = 1.0, slab: float = 1.0) -> np.ndarray:
     """The exact preprocessing of training, for any volume (used by predict too)."""
-    x = resize_slices(robust_minmax(vol), size)
+    x = resize_slices(robust_minmax(roi(vol, crop, slab)), size)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -68,8 +88,8 @@ class SliceCache:
         return self.data[self.offsets[e]: self.offsets[e + 1]]
 
 
-def _fingerprint(records: list[ExamRecord], size: int) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}".encode())
+def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop}|{slab}".encode())
     for r in records:
         st = r.path.stat()
         h.update(f"{r.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -88,16 +108,16 @@ def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbssl"
 
 
-def _n_slices(path: Path) -> int:
-    if path.suffix.lower() == ".npy":
-        return int(load_npy(path, mmap=True).shape[0])
-    return int(load_volume(path).shape[0])
+def _n_slices(path: Path, slab: float) -> int:
+    vol = load_npy(path, mmap=True) if path.suffix.lower() == ".npy" else load_volume(path)
+    return int(roi(vol[:, :1, :1], 1.0, slab).shape[0])
 
 
-def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str) -> SliceCache:
+def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str, crop: float = 1.0,
+                slab: float = 1.0) -> SliceCache:
     """Load the cache for these exams, building it (atomically) when missing or stale."""
     cache_dir = Path(cache_dir)
-    key = _fingerprint(records, size)
+    key = _fingerprint(records, size, crop, slab)
     data_path, meta_path = cache_dir / f"{name}-{size}-{key}.npy", cache_dir / f"{name}-{size}-{key}.json"
     if data_path.exists() and meta_path.exists():
         try:
@@ -106,7 +126,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
                               meta["cases"], meta["mean"], meta["std"])
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
-    counts = [_n_slices(r.path) for r in records]
+    counts = [_n_slices(r.path, slab) for r in records]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total, s1, s2 = 0.0, 0.0, 0
 
@@ -114,7 +134,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
         nonlocal total, s1, s2
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), size, size))
         for e, r in enumerate(records):
-            x = prepare_volume(load_volume(r.path), size)
+            x = prepare_volume(load_volume(r.path), size, crop, slab)
             out[offsets[e]: offsets[e + 1]] = x
             sub = x[:, ::4, ::4].astype(np.float64) / 255.0
             total, s1, s2 = total + sub.sum(), s1 + (sub * sub).sum(), s2 + sub.size
@@ -134,8 +154,9 @@ def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labell
     records = list_exams(root, split, cfg.data.plane, cfg.data.task, labelled=labelled)
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
     name = f"{split}-{cfg.data.plane}"
+    d = cfg.data
     if fabric is not None and fabric.world_size > 1:
         if fabric.global_rank == 0:
-            build_cache(records, cfg.data.img_size, cache_dir, name)
+            build_cache(records, d.img_size, cache_dir, name, d.crop, d.slab)
         fabric.barrier()
-    return build_cache(records, cfg.data.img_size, cache_dir, name), records
+    return build_cache(records, d.img_size, cache_dir, name, d.crop, d.slab), records

@@ -32,8 +32,10 @@ from sbssl.engine.inference import (
     config_json,
     encoder_init,
     gather_exams,
+    gather_index,
     predict_probs,
     scale01,
+    slice_feature_table,
 )
 from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
@@ -133,13 +135,19 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     model = build_classifier(cfg)
     if init is not None:
         model.encoder.load_state_dict(init[0])
+    table = None
+    if cfg.finetune.freeze:  # linear probing: encoder features computed once, the head trains on lookups
+        model.encoder.requires_grad_(False)
+        with fabric.autocast():
+            table = slice_feature_table(model.to(fabric.device), cache, np.concatenate([fit, held]), cfg,
+                                        fabric.device)
     depth = len(getattr(model.encoder, "blocks", []))
     groups = param_groups(model, cfg.finetune.layer_decay, depth)
     ge = cfg.finetune.batch_exams * world
     lr = cfg.train.lr * ge / 256
     opt = torch.optim.AdamW(groups, lr=lr)
     model_f, opt_f = fabric.setup(model, opt)
-    augment = SliceAugment.from_config(cfg.augment)
+    augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
     ck_dir = out / "checkpoints" / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
     done = -1 if st is None else st["epoch"]
@@ -176,15 +184,20 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
                                                     (rank + 1) * cfg.finetune.batch_exams]
                 if len(exams) == 0:
                     continue
-                x_u8, lengths = gather_exams(cache, exams, model)
-                x_u8, lengths = x_u8.to(fabric.device), lengths.to(fabric.device)
                 y = torch.as_tensor(labels[exams], device=fabric.device)
                 apply_schedule(opt_f, cosine(step, total, lr, cfg.train.min_lr, warmup),
                                cosine(step, total, cfg.train.weight_decay, cfg.train.weight_decay_end))
-                gen = torch.Generator(fabric.device).manual_seed(seed * 1_000_003 + step)
-                x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen, rank, world))
-                x = scale01(x, cfg)
-                loss = F.cross_entropy(model_f(x, lengths).float(), y)
+                if table is not None:
+                    flat, lengths = gather_index(cache, exams, model)
+                    logits = model_f(table[torch.from_numpy(flat).to(fabric.device)], lengths.to(fabric.device),
+                                     from_features=True)
+                else:
+                    x_u8, lengths = gather_exams(cache, exams, model)
+                    x_u8, lengths = x_u8.to(fabric.device), lengths.to(fabric.device)
+                    gen = torch.Generator(fabric.device).manual_seed(seed * 1_000_003 + step)
+                    x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen, rank, world))
+                    logits = model_f(scale01(x, cfg), lengths)
+                loss = F.cross_entropy(logits.float(), y)
                 if not finite_on_all_ranks(fabric, loss):
                     if cfg.train.nonfinite != "skip":
                         raise SbsslError(f"non-finite loss (member {seed}, epoch {epoch}, step {step}); weights not "
@@ -203,7 +216,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
                 losses.append(loss.item())
                 bar.advance(1, status=f"loss {losses[-1]:.3f} {seen / (time.perf_counter() - t0):.1f} exams/s")
         model_f.eval()
-        p = predict_probs(model_f, cache, held, cfg, fabric.device, cfg.finetune.batch_exams)
+        p = heldout_probs(model_f, model, cache, held, cfg, fabric.device, table)
         auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
         improved = cfg.finetune.select == "last" or not np.isfinite(auc) or auc > best["auc"]
         if improved:
@@ -223,3 +236,13 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     state = best["state"] if best["state"] is not None else copy.deepcopy(model.state_dict())
     return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
 
+
+
+@torch.no_grad()
+def heldout_probs(model_f, model, cache, held: np.ndarray, cfg: DictConfig, device, table) -> np.ndarray:
+    """P(positive) of the held-out exams; a linear probe reads its feature table instead of the encoder."""
+    if table is None:
+        return predict_probs(model_f, cache, held, cfg, device, cfg.finetune.batch_exams)
+    flat, lengths = gather_index(cache, held, model)
+    logits = model_f(table[torch.from_numpy(flat).to(device)], lengths.to(device), from_features=True)
+    return logits.float().softmax(1)[:, 1].cpu().numpy()

@@ -22,9 +22,10 @@ from sbssl.models.vit import create_encoder
 def build_classifier(cfg: DictConfig) -> SliceClassifier:
     m = cfg.model
     if m.name == "mrnet_cnn":
-        return SliceClassifier(MRNetCNN(m.in_chans), "max", linear_head=True)
-    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path)
-    return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices, m.grad_checkpointing)
+        return SliceClassifier(MRNetCNN(m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices, linear_head=True)
+    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem)
+    return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices, m.grad_checkpointing,
+                           slice_feature=cfg.finetune.slice_feature)
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -44,10 +45,16 @@ def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Pa
     """`scratch` -> None; a GMML run folder or encoder.safetensors -> (weights, metadata, path)."""
     if init in ("", "scratch", "random"):
         return None
-    path = Path(init)
+    if init.startswith("builtin:"):
+        from sbssl.weights import builtin_path
+
+        path = builtin_path(init.split(":", 1)[1])
+    else:
+        path = Path(init)
     if path.is_dir():
         path = path / "encoder.safetensors"
     sd, meta = read_safetensors(path)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # shipped encoders are fp16
     if meta.get("format") != "sbssl-gmml-encoder":
         raise SbsslError(f"{path}: not a GMML encoder written by `sbssl pretrain`")
     try:
@@ -61,7 +68,10 @@ def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
     """Fine-tuning inherits the pretrained encoder's architecture and input scaling."""
     cfg.model.name, cfg.model.patch_size = meta["name"], int(meta["patch_size"])
     cfg.model.in_chans, cfg.data.img_size = int(meta["in_chans"]), int(meta["img_size"])
+    cfg.model.stem = meta.get("stem", "patch")
     cfg.data.mean, cfg.data.std = float(meta["mean"]), float(meta["std"])
+    # The region of interest sets the scale the encoder learnt at; encoders written before it existed saw it all.
+    cfg.data.crop, cfg.data.slab = float(meta.get("crop", 1.0)), float(meta.get("slab", 1.0))
 
 
 @dataclass
@@ -125,8 +135,8 @@ def compile_for_inference(model: SliceClassifier) -> torch.nn.Module:
     return FrozenCompiled(model)
 
 
-def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -> tuple[torch.Tensor, torch.Tensor]:
-    """The slices a model reads for these exams (one fancy-indexed read) and their lengths."""
+def gather_index(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -> tuple[np.ndarray, torch.Tensor]:
+    """Cache rows of the slices a model reads for these exams, and the slices per exam."""
     lengths = torch.as_tensor(np.diff(cache.offsets)[exams])
     local = model.select(lengths)
     starts = np.asarray(cache.offsets[exams])
@@ -136,7 +146,29 @@ def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -
         base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths.numpy())[:-1]]), len(local) // len(exams))
         flat = local.numpy() + base
         lengths = torch.full((len(exams),), len(local) // len(exams))
+    return flat, lengths
+
+
+def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slices a model reads for these exams (one fancy-indexed read) and their lengths."""
+    flat, lengths = gather_index(cache, exams, model)
     return torch.from_numpy(cache.data[flat])[:, None], lengths
+
+
+@torch.no_grad()
+def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, device,
+                        autocast: bool = False, batch: int = 256) -> torch.Tensor:
+    """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero):
+    a linear probe then trains its head on table lookups, never running the encoder again."""
+    rows = np.unique(gather_index(cache, np.asarray(exams), model)[0])
+    table = torch.zeros(len(cache.data), model.encoder.embed_dim, device=device)
+    model.eval()
+    for i in range(0, len(rows), batch):
+        r = rows[i: i + batch]
+        x = normalise(torch.from_numpy(cache.data[r])[:, None].to(device), cfg)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            table[torch.from_numpy(r).to(device)] = model.slice_features(x).float()
+    return table
 
 
 def scale01(x01: torch.Tensor, cfg: DictConfig) -> torch.Tensor:

@@ -42,7 +42,7 @@ class GMMLStep:
     """Augment + corrupt + reconstruct + loss for one batch of uint8 slices (composable, testable)."""
 
     def __init__(self, cfg: DictConfig, mean: float, std: float):
-        self.augment = SliceAugment.from_config(cfg.augment)
+        self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
         self.masking = GroupMasking.from_config(cfg.mask, ones_value=(1.0 - mean) / std)
         self.mean, self.std, self.in_chans = mean, std, cfg.model.in_chans
 
@@ -58,7 +58,7 @@ class GMMLStep:
 
 def build_model(cfg: DictConfig) -> GMMLAutoencoder:
     m = cfg.model
-    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path)
+    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem)
     return GMMLAutoencoder(enc, list(m.skip_blocks), m.decoder_dim, m.grad_checkpointing)
 
 
@@ -231,7 +231,8 @@ def _global_masked_l1(fabric, recon, target, mask) -> torch.Tensor:
 def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:
     """The encoder alone, as timm names its weights, plus what rebuilds it and its input scaling."""
     meta = encoder_meta(model.encoder, cfg.model.name)
-    meta.update({"mean": str(cfg.data.mean), "std": str(cfg.data.std), "format": "sbssl-gmml-encoder"})
+    meta.update({"mean": str(cfg.data.mean), "std": str(cfg.data.std), "crop": str(cfg.data.crop),
+                 "slab": str(cfg.data.slab), "format": "sbssl-gmml-encoder"})
     sd = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
     atomic_write(path, lambda p: save_file(sd, str(p), metadata=meta))
 

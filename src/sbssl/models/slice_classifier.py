@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from sbssl.models.vit import cls_features
+from sbssl.models.vit import slice_features
 
 
 def resample_index(lengths: torch.Tensor, f: int) -> torch.Tensor:
@@ -76,27 +76,39 @@ AGGREGATORS = {"concat": ConcatAggregator, "max": MaxAggregator, "mean": MeanAgg
 
 
 class MRNetCNN(nn.Module):
-    """The MRNet-style CNN baseline's slice encoder: AlexNet features (random init), global pooling."""
+    """The MRNet-style CNN baseline's slice encoder: AlexNet's five convolutions (random init) with batch norm,
+    global max pooling. MRNet used ImageNet weights, which had normalised its activations; from random init,
+    batch norm is what lets it train in a few hundred steps. The first layer's kernel and stride shrink with the
+    image (AlexNet's 11/4 from 128 px up, 5/2 from 64, 3/1 below) so that a small region of interest still
+    leaves a feature map to pool."""
 
-    def __init__(self, in_chans: int = 1):
+    def __init__(self, in_chans: int = 1, img_size: int = 256):
         super().__init__()
-        from torchvision.models import alexnet
+        k, s = (11, 4) if img_size >= 128 else (5, 2) if img_size >= 64 else (3, 1)
 
-        feats = alexnet(weights=None).features
-        feats[0] = nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2)
-        self.features, self.embed_dim = feats, 256
+        def block(i: int, o: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+
+        self.features = nn.Sequential(
+            *block(in_chans, 64, k, s), nn.MaxPool2d(3, 2, 1), *block(64, 192, 5), nn.MaxPool2d(3, 2, 1),
+            *block(192, 384, 3), *block(384, 256, 3), *block(256, 256, 3))
+        self.embed_dim = 256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+        return F.adaptive_max_pool2d(self.features(x), 1).flatten(1)
 
 
 class SliceClassifier(nn.Module):
     """Encoder per slice -> aggregator over slices -> head: exam-level logits (B, 2)."""
 
     def __init__(self, encoder: nn.Module, aggregator: str = "concat", slices: int = 32,
-                 checkpointing: bool = False, linear_head: bool = False):
+                 checkpointing: bool = False, linear_head: bool = False, slice_feature: str = "cls"):
         super().__init__()
+        self.slice_feature = slice_feature
         self.encoder, self.aggregator_name, self.checkpointing = encoder, aggregator, checkpointing
+        if aggregator == "concat" and slices < 1:
+            raise ValueError("the concat aggregator needs a fixed number of slices (slices >= 1)")
+        self.slices = slices
         dim = encoder.embed_dim
         self.aggregate = AGGREGATORS[aggregator](dim, slices)
         if linear_head:  # MRNet: max-pooled features straight into one linear layer
@@ -105,19 +117,26 @@ class SliceClassifier(nn.Module):
             self.head = nn.Sequential(nn.Linear(self.aggregate.out_dim, dim), nn.GELU(), nn.Linear(dim, 2))
 
     def select(self, lengths: torch.Tensor) -> torch.Tensor | None:
-        """Flat slice indices the model reads (concat resamples to f slices), or None for all."""
-        if isinstance(self.aggregate, ConcatAggregator):
-            return resample_index(lengths, self.aggregate.f)
+        """Flat slice indices the model reads: f evenly spaced slices per exam (slices=f > 0; concat needs it),
+        or None for every slice (slices=0)."""
+        if self.slices > 0:
+            return resample_index(lengths, self.slices)
         return None
 
     def slice_features(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.encoder, MRNetCNN):
             return self.encoder(x)
-        return cls_features(self.encoder, x, self.checkpointing)
+        return slice_features(self.encoder, x, self.slice_feature, self.checkpointing)
 
-    def forward(self, slices: torch.Tensor, lengths: torch.Tensor, return_weights: bool = False):
-        """slices: the already selected slices (see `select`), lengths per exam."""
-        feats = self.slice_features(slices)
+    def forward(self, slices: torch.Tensor, lengths: torch.Tensor, return_weights: bool = False,
+                from_features: bool = False):
+        """slices: the already selected slices (see `select`), lengths per exam; with from_features, their
+        encoder features (B * slices, K) instead (a frozen encoder's, computed once)."""
+        feats = slices if from_features else self.slice_features(slices)
+        return self.classify(feats, lengths, return_weights)
+
+    def classify(self, feats: torch.Tensor, lengths: torch.Tensor, return_weights: bool = False):
+        """Exam logits from per-slice features (B * slices, K): aggregator + head (all a linear probe trains)."""
         pooled, weights = self.aggregate(feats, lengths)
         logits = self.head(pooled)
         return (logits, weights) if return_weights else logits

@@ -4,25 +4,65 @@ from __future__ import annotations
 
 import timm
 import torch
+import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
              "vit_base": "vit_base_patch16_224"}
 
 
+STEMS = ("patch", "conv")
+SLICE_FEATURES = ("cls", "max", "mean")
+
+
 def create_encoder(name: str = "vit_small", img_size: int = 256, patch_size: int = 16, in_chans: int = 1,
-                   drop_path: float = 0.1) -> VisionTransformer:
-    """A DINO/timm-style ViT (qkv bias, LayerNorm eps 1e-6, fused attention), no classifier head."""
+                   drop_path: float = 0.1, stem: str = "patch") -> VisionTransformer:
+    """A DINO/timm-style ViT (qkv bias, LayerNorm eps 1e-6, fused attention), no classifier head.
+
+    stem="patch" is the paper's linear patchify; "conv" replaces it by a convolutional stem (see `conv_stem`).
+    """
     if name not in VIT_NAMES:
         raise ValueError(f"unknown ViT '{name}' (want one of {', '.join(VIT_NAMES)})")
-    return timm.create_model(VIT_NAMES[name], pretrained=False, img_size=img_size, patch_size=patch_size,
-                             in_chans=in_chans, num_classes=0, drop_path_rate=drop_path)
+    enc = timm.create_model(VIT_NAMES[name], pretrained=False, img_size=img_size, patch_size=patch_size,
+                            in_chans=in_chans, num_classes=0, drop_path_rate=drop_path)
+    if stem == "conv":
+        enc.patch_embed.proj = conv_stem(in_chans, enc.embed_dim, patch_size)
+    elif stem != "patch":
+        raise ValueError(f"unknown stem '{stem}' (want one of {', '.join(STEMS)})")
+    return enc
+
+
+def conv_stem(in_chans: int, dim: int, patch_size: int) -> nn.Sequential:
+    """Stride-2 3x3 convolutions (BN + ReLU) down to one token per patch, then a 1x1 projection: the early
+    convolutions of Xiao et al. 2021 ("Early convolutions help transformers see better"), which make ViTs
+    train faster and more stably on little data. Output shape equals the patchify convolution's."""
+    if patch_size < 2 or patch_size & (patch_size - 1):
+        raise ValueError(f"a conv stem needs a power-of-two patch size >= 2, not {patch_size}")
+    layers: list[nn.Module] = []
+    c = in_chans
+    for k in range(patch_size.bit_length() - 1):
+        o = max(dim // 2 ** (patch_size.bit_length() - 2 - k) // 2, 16)
+        layers += [nn.Conv2d(c, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+        c = o
+    layers.append(nn.Conv2d(c, dim, 1))
+    return nn.Sequential(*layers)
+
+
+def stem_of(encoder: VisionTransformer) -> str:
+    return "conv" if isinstance(encoder.patch_embed.proj, nn.Sequential) else "patch"
 
 
 def encoder_meta(encoder: VisionTransformer, name: str) -> dict[str, str]:
-    """What `timm.create_model` needs to rebuild the encoder (stored in safetensors metadata)."""
+    """What rebuilds the encoder (stored in safetensors metadata); a patch-stem encoder loads into
+    `timm.create_model` as it is."""
     return {"timm_name": VIT_NAMES[name], "name": name, "img_size": str(encoder.patch_embed.img_size[0]),
-            "patch_size": str(encoder.patch_embed.patch_size[0]), "in_chans": str(encoder.patch_embed.proj.in_channels)}
+            "patch_size": str(encoder.patch_embed.patch_size[0]), "in_chans": str(_in_chans(encoder)),
+            "stem": stem_of(encoder)}
+
+
+def _in_chans(encoder: VisionTransformer) -> int:
+    proj = encoder.patch_embed.proj
+    return (proj[0] if isinstance(proj, nn.Sequential) else proj).in_channels
 
 
 def block_outputs(encoder: VisionTransformer, x: torch.Tensor, keep: list[int],
@@ -44,8 +84,16 @@ def block_outputs(encoder: VisionTransformer, x: torch.Tensor, keep: list[int],
     return outs
 
 
-def cls_features(encoder: VisionTransformer, x: torch.Tensor, checkpointing: bool = False) -> torch.Tensor:
-    """The final class token (B, D) of each slice: the per-slice feature of stage 2."""
+def slice_features(encoder: VisionTransformer, x: torch.Tensor, kind: str = "cls",
+                   checkpointing: bool = False) -> torch.Tensor:
+    """One feature (B, D) per slice from the final, normed tokens: the class token (the paper's), or the max or
+    mean over the patch tokens. A tear fills one or two patch tokens of one or two slices; the max gives that
+    token a direct path to the exam's logit (multiple-instance pooling within the slice, as the max over
+    slices does across them), where the class token must first learn to attend to it."""
     depth = len(encoder.blocks)
     (tokens,) = block_outputs(encoder, x, [depth - 1], checkpointing)
-    return encoder.norm(tokens)[:, 0]
+    tokens = encoder.norm(tokens)
+    if kind == "cls":
+        return tokens[:, 0]
+    patches = tokens[:, encoder.num_prefix_tokens:]
+    return patches.amax(1) if kind == "max" else patches.mean(1)

@@ -77,16 +77,20 @@ def _noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
 
 
 def render_signal(labels: np.ndarray, plane: str, rng: np.random.Generator, noise: float,
-                  blur_px: float) -> np.ndarray:
-    """Tissue labels -> uint8 magnitude image as the scanner would store it."""
+                  blur_px: float, ss: int = 1) -> np.ndarray:
+    """Tissue labels (painted with ss x ss sub-pixels per pixel) -> uint8 magnitude image as the scanner would
+    store it: the signal is area-averaged over each pixel before blur, shading and noise."""
     s = np.take(tissue_signal(plane, rng), labels)
-    tex = smooth_field(labels.shape, max(labels.shape[1] // 6, 4), rng)
+    tex = smooth_field(labels.shape, max(labels.shape[1] // (6 * ss), 4), rng)
     tex *= np.take(TEXTURE, labels)
     tex += 1.0
     s *= tex
+    if ss > 1:
+        n, h, w = s.shape
+        s = s.reshape(n, h // ss, ss, w // ss, ss).mean((2, 4))
     if blur_px > 0:
         s = ndimage.gaussian_filter(s, (0, blur_px, blur_px), truncate=2.0)
-    s *= bias_field(labels.shape, rng, rng.uniform(0.1, 0.35))
+    s *= bias_field(s.shape, rng, rng.uniform(0.1, 0.35))
     n1, n2 = _noise(s.shape, rng), _noise(s.shape, rng)
     mag = n1 * noise  # Rician magnitude: |s + n1 + i n2|
     mag += s

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sbssl.synth.exam import PLANES, Labels, render_exam
+from sbssl.synth.exam import PLANES, Labels, findings_row, render_exam
 from sbssl.utils.io import atomic_write_text, save_npy_atomic
 from sbssl.utils.progress import progress
 
@@ -27,6 +27,7 @@ class SynthSpec:
     size: int = 256
     seed: int = 0
     difficulty: float = 0.5
+    prevalence: float = 0.0  # share of ACL tears in the train split; 0 = MRNet's (valid always keeps MRNet's)
     workers: int = max(os.cpu_count() or 1, 1)
 
     def cases(self) -> list[tuple[str, int]]:
@@ -39,10 +40,13 @@ def _count(rate: float, n: int) -> int:
     return int(np.clip(k, 1, n - 1)) if n >= 2 else k
 
 
-def assign_labels(n: int, split: str, seed: int) -> list[Labels]:
-    """Exact MRNet prevalences; every ACL or meniscus positive is also abnormal."""
+def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) -> list[Labels]:
+    """Exact MRNet prevalences (or `acl_prevalence` for ACL tears); every ACL or meniscus positive is also
+    abnormal."""
     rng = np.random.default_rng([seed, 7, 0 if split == "train" else 1])
-    rate = PREVALENCE[split]
+    rate = dict(PREVALENCE[split])
+    if acl_prevalence > 0:
+        rate["acl"] = acl_prevalence
     perm = rng.permutation(n)
     n_acl, n_men = _count(rate["acl"], n), _count(rate["meniscus"], n)
     acl = set(perm[:n_acl].tolist())
@@ -55,12 +59,15 @@ def assign_labels(n: int, split: str, seed: int) -> list[Labels]:
     return [Labels(int(i in abnormal), int(i in acl), int(i in men)) for i in range(n)]
 
 
-def _write_exam(args: tuple) -> int:
+FINDINGS_DIR = "findings"  # beside train/ and valid/; MRNet layout readers never look in it
+
+
+def _write_exam(args: tuple) -> dict[str, object]:
     out, split, case, labels, spec = args
     exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty)
     for plane, vol in exam.volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
-    return case
+    return findings_row(case, exam.knee.findings)
 
 
 def _init_worker() -> None:
@@ -74,23 +81,36 @@ def _init_worker() -> None:
 def generate(out: Path, spec: SynthSpec) -> None:
     """Render every exam (in parallel, deterministic per case) and write the CSVs last."""
     out = Path(out)
-    labels = {"train": assign_labels(spec.train, "train", spec.seed),
+    labels = {"train": assign_labels(spec.train, "train", spec.seed, spec.prevalence),
               "valid": assign_labels(spec.valid, "valid", spec.seed)}
     for split in ("train", "valid"):
         for plane in PLANES:
             (out / split / plane).mkdir(parents=True, exist_ok=True)
     jobs = [(out, split, case, labels[split][case - (0 if split == "train" else spec.train)], spec)
             for split, case in spec.cases()]
+    rows = []
     with progress("synth", total=len(jobs), unit="exams") as bar:
         if spec.workers <= 1:
             for job in jobs:
-                _write_exam(job)
+                rows.append(_write_exam(job))
                 bar.advance()
         else:
             with ProcessPoolExecutor(spec.workers, initializer=_init_worker) as pool:
-                for _ in pool.map(_write_exam, jobs, chunksize=4):
+                for row in pool.map(_write_exam, jobs, chunksize=4):
+                    rows.append(row)
                     bar.advance()
+    write_findings(out / FINDINGS_DIR, rows, spec.train)
     for split, first in (("train", 0), ("valid", spec.train)):
         for task in TASKS:
             rows = "".join(f"{first + i:04d},{getattr(lab, task)}\n" for i, lab in enumerate(labels[split]))
             atomic_write_text(out / f"{split}-{task}.csv", rows)
+
+
+def write_findings(folder: Path, rows: list[dict[str, object]], n_train: int) -> None:
+    """findings/{train,valid}.csv: per-exam ground truth (tear type, severity, other findings) for reports."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, part in (("train", rows[:n_train]), ("valid", rows[n_train:])):
+        if part:
+            header = ",".join(part[0])
+            body = "".join(",".join(str(v) for v in r.values()) + "\n" for r in part)
+            atomic_write_text(folder / f"{split}.csv", header + "\n" + body)

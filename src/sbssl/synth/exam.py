@@ -54,23 +54,69 @@ def plane_grid(plane: str, n_slices: int, size: int, knee: Knee, rng: np.random.
     return SliceGrid(origin=origin, axes=axes, shape=(n_slices, size, size))
 
 
+def supersampling(size: int) -> int:
+    """Sub-pixels per side: point-sampling tissue labels below 256 px aliases sub-millimetre structures (the
+    ACL's lining, cortices) into speckle, so small series are painted at >= 128 px and area-averaged. A scanner
+    integrates signal over each voxel in the same way."""
+    return 1 if size >= 256 else max(2, -(-128 // size)) if size < 128 else 2
+
+
+def fine_grid(grid: SliceGrid, ss: int) -> SliceGrid:
+    """The same series with each in-plane pixel split into ss x ss sub-pixels (their mean is the pixel)."""
+    if ss == 1:
+        return grid
+    axes = grid.axes.copy()
+    axes[:, 1:] /= ss
+    origin = grid.origin - (ss - 1) / 2 * (axes[:, 1] + axes[:, 2])
+    n, h, w = grid.shape
+    return SliceGrid(origin=origin, axes=axes, shape=(n, h * ss, w * ss))
+
+
 def render_plane(knee: Knee, plane: str, grid: SliceGrid, rng: np.random.Generator,
                  difficulty: float) -> np.ndarray:
     size = grid.shape[1]
-    canvas = Canvas(grid, mirror_x=knee.mirror)
+    ss = supersampling(size)
+    canvas = Canvas(fine_grid(grid, ss), mirror_x=knee.mirror)
     paint_knee(canvas, knee)
     noise = rng.uniform(0.015, 0.04) * (0.6 + difficulty)
     blur = rng.uniform(0.3, 0.9) * size / 256
-    return render_signal(canvas.labels, plane, rng, noise, blur)
+    return render_signal(canvas.labels, plane, rng, noise, blur, ss)
+
+
+ACL_TEAR_TYPES = ("partial", "complete", "chronic")
+
+
+def acl_tear_type(severity: float) -> str:
+    """The tear type a severity draws (anatomy._cruciates): partial < 0.4 <= complete < 0.85 <= chronic."""
+    return "partial" if severity < 0.4 else "complete" if severity < 0.85 else "chronic"
+
+
+def sample_acl_tear(rng: np.random.Generator, difficulty: float) -> float:
+    """An ACL tear's severity, with conspicuity falling monotonically as difficulty rises.
+
+    difficulty 0: every tear is a complete mid-substance tear with a wide fluid gap (the most conspicuous sign
+    on a T2 sagittal slice). Rising difficulty mixes in partial tears (thickening and intermediate signal) and
+    chronic absence (fat in an empty notch, nearly invisible on a fat-suppressed sequence), and narrows the gaps
+    and abnormal segments within each type.
+    """
+    d = float(np.clip(difficulty, 0.0, 1.0))
+    kind = rng.choice(3, p=[0.45 * d, 1.0 - 0.7 * d, 0.25 * d])
+    conspicuity = 1.0 - d * rng.uniform()  # in [1 - d, 1]
+    if kind == 0:
+        return 0.1 + 0.29 * conspicuity
+    if kind == 1:
+        return 0.4 + 0.44 * conspicuity
+    return float(rng.uniform(0.85, 1.0))
 
 
 def sample_findings(rng: np.random.Generator, labels: Labels, difficulty: float) -> Findings:
-    """Imaging findings consistent with the labels; difficulty makes tears subtler."""
+    """Imaging findings consistent with the labels; difficulty makes tears subtler (see sample_acl_tear)."""
     f = Findings()
     if labels.acl:
         f.acl_tear = True
-        f.acl_severity = float(0.1 + 0.9 * rng.uniform() ** (0.5 + difficulty))
-        f.bone_bruise = bool(rng.random() < 0.25 + 0.5 * f.acl_severity)
+        f.acl_severity = sample_acl_tear(rng, difficulty)
+        acute = f.acl_severity < 0.85  # bone bruises fade within months: rare with a chronic absence
+        f.bone_bruise = bool(rng.random() < ((0.8 - 0.5 * difficulty) if acute else 0.1))
     elif rng.random() < 0.5 * difficulty:
         f.acl_degeneration = float(rng.uniform(0.4, 1.0))
     if labels.meniscus:
@@ -112,6 +158,16 @@ class Exam:
     volumes: dict[str, np.ndarray]  # plane -> uint8 (slices, size, size)
     knee: Knee
     grids: dict[str, SliceGrid]
+
+
+def findings_row(case: int, f: Findings) -> dict[str, object]:
+    """One exam's findings as a flat record (the synthetic set's ground truth beyond the labels)."""
+    return {"case": f"{case:04d}", "acl_tear": acl_tear_type(f.acl_severity) if f.acl_tear else "none",
+            "acl_severity": round(f.acl_severity, 4), "acl_degeneration": round(f.acl_degeneration, 4),
+            "bone_bruise": int(f.bone_bruise),
+            "meniscus_tear": ("medial" if f.meniscus_side < 0 else "lateral") if f.meniscus_tear else "none",
+            "effusion_mm": round(f.effusion, 2), "bone_lesion": int(f.bone_lesion is not None),
+            "cartilage_defect": int(f.cartilage_defect is not None), "baker_cyst_mm": round(f.baker_cyst, 2)}
 
 
 def render_exam(seed: int, case: int, split: str, labels: Labels, size: int = 256,
