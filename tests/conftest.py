@@ -39,6 +39,19 @@ def gmml_run(tiny_set: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gmml_roi_run(tiny_set: Path, tmp_path_factory) -> Path:
+    """A tiny GMML run on a region of interest, with the convolutional stem."""
+    from sbssl.engine.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pre_roi") / "run"
+    over = ["model.name=vit_tiny", "data.img_size=16", "model.patch_size=4", "model.stem=conv", "data.crop=0.5",
+            "data.slab=0.6", "trainer.accelerator=cpu", "train.epochs=1", "train.batch_size=32",
+            "train.recon_every=0", "mask.align=4"]
+    pretrain(load_config(None, over), tiny_set, out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
     """A tiny finished 2-member fine-tuning run from the GMML encoder."""
     from sbssl.engine.finetune import finetune

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from sbssl.models.vit import block_outputs
+from sbssl.models.vit import block_outputs, in_chans_of
 
 
 def skip_indices(blocks_1idx: list[int], depth: int, reference_depth: int = 12) -> list[int]:
@@ -50,7 +50,7 @@ class GMMLAutoencoder(nn.Module):
         self.skip = skip_indices(list(skip_blocks), len(encoder.blocks))
         pe = encoder.patch_embed
         self.grid = pe.grid_size
-        self.head = ReconstructionHead(encoder.embed_dim, pe.patch_size[0], pe.proj.in_channels, decoder_dim)
+        self.head = ReconstructionHead(encoder.embed_dim, pe.patch_size[0], in_chans_of(encoder), decoder_dim)
         self.checkpointing = checkpointing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

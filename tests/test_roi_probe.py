@@ -1,0 +1,110 @@
+"""Region of interest, anatomical flips, slice features, the conv stem, linear probing, shipped encoders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sbssl.augment import SliceAugment, flip_probability
+from sbssl.config import load_config
+from sbssl.data.cache import prepare_volume, roi
+from sbssl.engine.finetune import finetune
+from sbssl.engine.inference import build_classifier, encoder_init, load_ensemble
+from sbssl.errors import SbsslError
+from sbssl.models.vit import create_encoder, slice_features
+from sbssl.predict import predict
+
+from .conftest import FT, TINY_VIT
+
+
+def test_roi_keeps_the_central_slab_and_crop():
+    vol = np.arange(20 * 10 * 8, dtype=np.float32).reshape(20, 10, 8)
+    r = roi(vol, crop=0.5, slab=0.4)
+    # slices at positions 0.3..0.7 of 0..19 -> 5.7..13.3 -> 6..13; rows 5 of 10 from 2, cols 4 of 8 from 2
+    assert r.shape == (8, 5, 4)
+    assert np.array_equal(r, vol[6:14, 2:7, 2:6])
+    assert roi(vol).shape == vol.shape
+    assert roi(vol[:3], slab=0.01).shape[0] == 1  # narrower than a slice: the central one
+    # preprocessing scales intensities on the region itself, then resizes it
+    u8 = prepare_volume(vol, 16, crop=0.5, slab=0.4)
+    assert u8.shape == (8, 16, 16) and u8.max() == 255 and u8.min() == 0
+
+
+def test_flip_only_where_the_mirror_is_left_right():
+    assert flip_probability(0.5, "sagittal") == 0.0  # anterior <-> posterior: no scanner makes it
+    assert flip_probability(0.5, "coronal") == 0.5 and flip_probability(0.5, "axial") == 0.5
+    cfg = load_config(None, ["augment.flip=1.0", "augment.jitter=0", "augment.blur=0", "augment.sharpness=0",
+                             "augment.crop_scale=[1.0,1.0]"])
+    x = torch.rand(4, 1, 16, 16)
+    sag = SliceAugment.from_config(cfg.augment, "sagittal")
+    sag.crop_ratio = (1.0, 1.0)
+    assert torch.allclose(sag(x), x, atol=1e-5)  # identity crop, no flip
+    cor = SliceAugment.from_config(cfg.augment, "coronal")
+    cor.crop_ratio = (1.0, 1.0)
+    assert torch.allclose(cor(x), x.flip(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cls", "max", "mean"])
+def test_slice_features(kind: str):
+    torch.manual_seed(0)
+    enc = create_encoder("vit_tiny", 16, 4, 1, 0.0).eval()
+    x = torch.randn(3, 1, 16, 16)
+    f = slice_features(enc, x, kind)
+    assert f.shape == (3, enc.embed_dim)
+    tokens = enc.norm(enc.forward_features(x))
+    want = {"cls": tokens[:, 0], "max": tokens[:, 1:].amax(1), "mean": tokens[:, 1:].mean(1)}[kind]
+    assert torch.allclose(f, want, atol=1e-5)
+
+
+def test_conv_stem_gives_one_token_per_patch_and_trains():
+    torch.manual_seed(0)
+    enc = create_encoder("vit_tiny", 32, 4, 1, 0.0, stem="conv")
+    x = torch.randn(2, 1, 32, 32)
+    assert enc.forward_features(x).shape == (2, 1 + 64, enc.embed_dim)
+    slice_features(enc, x, "max").sum().backward()
+    assert enc.patch_embed.proj[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="power-of-two"):
+        create_encoder("vit_tiny", 24, 6, 1, 0.0, stem="conv")
+
+
+def test_roi_and_stem_travel_with_the_encoder(gmml_roi_run: Path):
+    sd, meta, _ = encoder_init(str(gmml_roi_run))
+    assert (meta["crop"], meta["slab"], meta["stem"]) == ("0.5", "0.6", "conv")
+    cfg = load_config(None, [f"init={gmml_roi_run}"])
+    from sbssl.engine.inference import apply_encoder_meta
+
+    apply_encoder_meta(cfg, meta)
+    assert (cfg.data.crop, cfg.data.slab, cfg.model.stem) == (0.5, 0.6, "conv")
+    model = build_classifier(cfg)
+    model.encoder.load_state_dict(sd)
+
+
+def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run: Path, tiny_set: Path,
+                                                                  tmp_path: Path):
+    out = tmp_path / "probe"
+    cfg = load_config(None, FT + [f"init={gmml_roi_run}", "finetune.freeze=true", "finetune.ensemble=1",
+                                  "train.epochs=3", "finetune.aggregator=max", "finetune.slice_feature=max"])
+    finetune(cfg, tiny_set, out)
+    enc0, _, _ = encoder_init(str(gmml_roi_run))
+    sd = load_file(str(out / "model-0.safetensors"))
+    for k, v in enc0.items():  # the encoder is exactly the pretrained one
+        assert torch.equal(sd[f"encoder.{k}"], v), k
+    first = load_config(None, [f"init={gmml_roi_run}"])
+    assert any(not torch.equal(sd[k], v) for k, v in build_classifier(first).state_dict().items()
+               if k.startswith("head"))  # the head trained
+    ens = load_ensemble(out)
+    assert (ens.cfg.data.crop, ens.cfg.data.slab, ens.cfg.finetune.freeze) == (0.5, 0.6, True)
+    # predict on a raw volume reads the same region as training did
+    vol = np.load(next((tiny_set / "valid" / "sagittal").glob("*.npy")))
+    np.save(tmp_path / "exam.npy", vol)
+    assert predict(out, [tmp_path / "exam.npy"], tmp_path / "pred", overlays=False) == 0
+    assert (tmp_path / "pred" / "predictions.csv").read_text().count("\n") == 2
+
+
+def test_unknown_builtin_encoder_is_one_clear_error():
+    with pytest.raises(SbsslError, match="builtin:nope"):
+        encoder_init("builtin:nope")
