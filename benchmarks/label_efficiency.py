@@ -1,15 +1,18 @@
-"""Label efficiency: ACL AUC of GMML-initialised vs scratch fine-tuning as the number of
-labelled exams grows, with 95% bootstrap intervals -- the curve that says how many exams to label.
+"""Label efficiency: ACL AUC of GMML fine-tuning, GMML linear probing and random init as the number of
+labelled exams grows, over several subset seeds -- the curve that says how many exams to label.
 
-    python benchmarks/label_efficiency.py [--data ROOT] [--encoder RUN] [--labels 25,50,100,200,0]
+    python benchmarks/label_efficiency.py [--data ROOT] [--encoder builtin:cpu|RUN] [--labels 25,50,100,200,0]
+                                          [--seeds 0,1,2] [--steps 80]
 
-Without --data a synthetic set is generated (--train/--valid/--size/--difficulty); without
---encoder GMML pretrains one on the train split with the demo recipe (its labels unused, as in
-the paper). Every point fine-tunes the demo recipe on a stratified subset of n train exams
-(`finetune.labels=n`, nested: the 50 contain the 25) and is scored on the whole valid split.
-Smaller subsets get proportionally more epochs (capped at --max-epoch-factor x) so that a
-point is not also undertrained. Writes results/label_efficiency.json, a RESULTS.md row and
-docs/label_efficiency.png.
+Without --data a synthetic set is generated (--train/--valid/--size/--difficulty, seed 2: neither the shipped
+encoder's archive, seed 1, nor the demo's, seed 0). Every point fine-tunes the CPU recipe (finetune/cpu, one
+member) on a stratified subset of n train exams (`finetune.labels=n`, nested per seed: the 50 contain the 25),
+chooses its epoch on a stratified fifth of that subset and is scored on the whole valid split. Every run gets
+about the same number of optimiser steps (--steps; more epochs for fewer exams), so a small subset is not also
+undertrained. The GMML - scratch difference at each n is averaged over seeds; its interval comes from the same
+paired stratified bootstrap resamples of the valid exams applied to every seed's pair, so it holds the valid-set
+noise, and the spread over seeds is reported beside it. Writes results/label_efficiency.json, a RESULTS.md row
+and docs/label_efficiency.png.
 """
 
 from __future__ import annotations
@@ -19,20 +22,48 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, record  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.data.layout import list_exams  # noqa: E402
 from sbssl.engine.finetune import finetune  # noqa: E402
-from sbssl.engine.pretrain import pretrain  # noqa: E402
-from sbssl.evaluate.report_files import compare_runs, load_metrics  # noqa: E402
+from sbssl.evaluate.findings import read_predictions  # noqa: E402
+from sbssl.evaluate.metrics import paired_auc_difference  # noqa: E402
+from sbssl.evaluate.report_files import load_metrics  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 
+ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "scratch": "random init"}
 
-def epochs_for(n: int, n_all: int, base: int, cap: float) -> int:
-    """About the optimiser steps of the full-data run, within [base, cap * base] epochs."""
-    return int(min(round(cap * base), max(base, round(base * n_all / n))))
+
+def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184) -> int:
+    """Epochs giving about `steps` optimiser steps on n labelled exams (80% fit, minority oversampled)."""
+    per_epoch = max(2 * round(0.8 * n * (1 - positive_share)) // batch, 1)
+    return int(np.clip(round(steps / per_epoch), 2, 60))
+
+
+def arm_overrides(arm: str, encoder: str) -> list[str]:
+    if arm == "scratch":
+        return ["init=scratch"]
+    return [f"init={encoder}"] + (["finetune.freeze=true", "train.lr=0.32", "train.weight_decay=1e-4",
+                                   "train.weight_decay_end=1e-4"] if arm == "probe" else [])
+
+
+def seed_averaged_difference(runs_a: list[Path], runs_b: list[Path], reps: int = 2000) -> dict:
+    """Mean over seeds of AUC(a) - AUC(b), each resample applied to every seed's pair (same valid exams)."""
+    boots, diffs = [], []
+    for a, b in zip(runs_a, runs_b, strict=True):
+        _, pa, y = read_predictions(a / "predictions.csv")
+        _, pb, _ = read_predictions(b / "predictions.csv")
+        r = paired_auc_difference(y, pa, pb, reps, seed=0)
+        boots.append(np.array(r["bootstrap"]))
+        diffs.append(r["difference"])
+    boot = np.mean(boots, 0)
+    return {"difference": float(np.mean(diffs)), "ci95": [float(np.quantile(boot, 0.025)),
+                                                          float(np.quantile(boot, 0.975))],
+            "per_seed": diffs, "p_value_one_sided": float((boot <= 0).mean())}
 
 
 def plot(points: list[dict], path: Path, title: str) -> None:
@@ -41,23 +72,23 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for init, colour in (("gmml", "tab:blue"), ("scratch", "tab:orange")):
-        pts = sorted((p for p in points if p["init"] == init), key=lambda p: p["labels"])
-        x = [p["labels"] for p in pts]
-        ax.plot(x, [p["auc"] for p in pts], "o-", color=colour, label="GMML pretrained" if init == "gmml" else
-                "random init")
-        ax.fill_between(x, [p["auc_ci95"][0] for p in pts], [p["auc_ci95"][1] for p in pts], color=colour,
-                        alpha=0.15)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ns = sorted({p["labels"] for p in points})
+    for (arm, label), colour in zip(ARMS.items(), ("tab:blue", "tab:green", "tab:orange"), strict=True):
+        mean = [np.mean([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
+        lo = [np.min([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
+        hi = [np.max([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
+        ax.plot(ns, mean, "o-", color=colour, label=label)
+        ax.fill_between(ns, lo, hi, color=colour, alpha=0.15)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.minorticks_off()
-    ax.set_xticks(sorted({p["labels"] for p in points}), [str(v) for v in sorted({p["labels"] for p in points})])
+    ax.set_xticks(ns, [str(v) for v in ns])
     ax.set_xlabel("labelled training exams")
-    ax.set_ylabel("valid AUC (95% bootstrap CI)")
-    ax.set_ylim(0.2, 1.0)
+    ax.set_ylabel("valid AUC (mean; band: min-max over subset seeds)")
+    ax.set_ylim(0.3, 1.0)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -70,53 +101,52 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=400)
     ap.add_argument("--valid", type=int, default=120)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--difficulty", type=float, default=0.2)
-    ap.add_argument("--encoder", help="a finished GMML run (default: pretrain one)")
-    ap.add_argument("--pretrain", default="train.epochs=4", help="overrides of the pretraining recipe")
+    ap.add_argument("--difficulty", type=float, default=0.5)
+    ap.add_argument("--encoder", default="builtin:cpu", help="a GMML encoder: builtin:cpu or a pretraining run")
     ap.add_argument("--labels", default="25,50,100,200,0", help="labelled exam counts; 0 = all")
-    ap.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs with all labels")
-    ap.add_argument("--max-epoch-factor", type=float, default=6.0)
-    ap.add_argument("--finetune", default="finetune.ensemble=1", help="extra fine-tuning overrides")
+    ap.add_argument("--seeds", default="0,1,2", help="subset (and member) seeds")
+    ap.add_argument("--arms", default="gmml,probe,scratch")
+    ap.add_argument("--steps", type=int, default=80, help="optimiser steps per run (epochs follow from n)")
+    ap.add_argument("--finetune", default="", help="extra fine-tuning overrides")
     ap.add_argument("--docs", default=str(HERE.parent / "docs" / "label_efficiency.png"))
     a = ap.parse_args()
     work, t0 = Path(a.work), time.perf_counter()
     data = Path(a.data) if a.data else work / "data" / "MRNet-v1.0"
     if not a.data and not (data / "valid-acl.csv").exists():
-        generate(data, SynthSpec(a.train, a.valid, a.size, seed=1, difficulty=a.difficulty))
+        generate(data, SynthSpec(a.train, a.valid, a.size, seed=2, difficulty=a.difficulty))
     n_all = len(list_exams(data, "train"))
-    encoder = Path(a.encoder) if a.encoder else work / "pretrain"
-    if not (encoder / "encoder.safetensors").exists() and not encoder.is_file():
-        pretrain(load_config("pretrain/demo", [f"data.img_size={a.size}", *a.pretrain.split()]), data, encoder)
-    t_pre = time.perf_counter() - t0
-    points = []
+    seeds, arms = [int(s) for s in a.seeds.split(",")], a.arms.split(",")
+    points, diffs = [], []
     for n in [int(v) for v in a.labels.split(",")]:
         n_used = n if 0 < n < n_all else n_all
-        epochs = epochs_for(n_used, n_all, a.epochs, a.max_epoch_factor)
-        runs = {}
-        for init in ("gmml", "scratch"):
-            run = work / f"{init}-{n_used}"
-            over = [f"finetune.labels={n}", f"train.epochs={epochs}", f"data.img_size={a.size}",
-                    f"init={encoder if init == 'gmml' else 'scratch'}", *a.finetune.split()]
-            if not (run / "metrics.json").exists():
-                finetune(load_config("finetune/demo", over), data, run)
-            m = load_metrics(run)
-            points.append({"init": init, "labels": n_used, "epochs": epochs, "auc": m["auc"],
-                           "auc_ci95": m["auc_ci95"], "accuracy": m["accuracy"], "members": m["members"]})
-            runs[init] = run
-            print(f"n={n_used:4d} {init:8s} epochs {epochs:3d}  AUC {m['auc']:.3f} "
-                  f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]", flush=True)
-        cmp = compare_runs(runs["gmml"], runs["scratch"], work / f"compare-{n_used}")
-        keep = ("difference", "ci95", "p_value_one_sided")
-        points.append({"init": "gmml-scratch", "labels": n_used, **{k: cmp[k] for k in keep}})
-    curve = [p for p in points if p["init"] != "gmml-scratch"]
-    title = (f"ACL, sagittal, {a.size} px synthetic (difficulty {a.difficulty}), valid n={a.valid}"
-             if not a.data else f"ACL, sagittal: {data}")
-    plot(curve, Path(a.docs), title)
-    out = {"data": str(data), "train_exams": n_all, "size": a.size, "difficulty": a.difficulty,
-           "pretrain": a.pretrain, "finetune": a.finetune, "base_epochs": a.epochs, "points": points,
-           "pretrain_seconds": t_pre, "seconds": time.perf_counter() - t0}
-    summary = "; ".join(f"n={p['labels']}: GMML {p['auc']:.3f}" if p["init"] == "gmml" else
-                        f"scratch {p['auc']:.3f}" for p in curve)
+        epochs = epochs_for(n_used, a.steps)
+        runs: dict[str, list[Path]] = {arm: [] for arm in arms}
+        for seed in seeds:
+            for arm in arms:
+                run = work / f"{arm}-{n_used}-s{seed}"
+                over = ["finetune.ensemble=1", f"finetune.labels={n}", f"train.seed={seed}",
+                        f"train.epochs={epochs}", *arm_overrides(arm, a.encoder), *a.finetune.split()]
+                if not (run / "metrics.json").exists():
+                    finetune(load_config("finetune/cpu", over), data, run)
+                m = load_metrics(run)
+                points.append({"arm": arm, "labels": n_used, "seed": seed, "epochs": epochs, "auc": m["auc"],
+                               "auc_ci95": m["auc_ci95"]})
+                runs[arm].append(run)
+                print(f"n={n_used:4d} seed {seed} {arm:8s} epochs {epochs:3d} AUC {m['auc']:.3f} "
+                      f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]  ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+        for arm in (x for x in ("gmml", "probe") if x in arms and "scratch" in arms):
+            d = seed_averaged_difference(runs[arm], runs["scratch"])
+            diffs.append({"arm": f"{arm}-scratch", "labels": n_used, **d})
+            print(f"n={n_used:4d} {arm} - scratch: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                  f" (per seed {', '.join(f'{v:+.3f}' for v in d['per_seed'])})", flush=True)
+    title = (f"ACL, sagittal, synthetic {a.size} px (difficulty {a.difficulty}), valid n={a.valid}, "
+             f"{len(seeds)} subset seeds" if not a.data else f"ACL, sagittal: {data}")
+    plot(points, Path(a.docs), title)
+    out = {"data": str(data), "train_exams": n_all, "encoder": a.encoder, "steps": a.steps, "seeds": seeds,
+           "points": points, "differences": diffs, "seconds": time.perf_counter() - t0}
+    summary = "; ".join(f"n={d['labels']} {d['arm']} {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, "
+                        f"{d['ci95'][1]:+.3f}]" for d in diffs)
     record("label_efficiency", out, "python " + " ".join(sys.argv), summary)
 
 

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="smaller settings, about 2 minutes")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides for every training run of the demo (e.g. trainer.precision=32-true)")
 
     p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs")
     p.add_argument("run_a")
@@ -230,11 +232,13 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
+    from sbssl.config import load_config
     from sbssl.demo import run_demo
     from sbssl.utils.rundir import prepare_out
 
     prepare_out(Path(a.out), a.overwrite, marker="report.html")
-    r = run_demo(Path(a.out), quick=a.quick)
+    load_config(None, a.overrides)  # a bad override is refused before anything runs
+    r = run_demo(Path(a.out), quick=a.quick, overrides=a.overrides)
     c = r["compare"]
     print(f"\ndemo finished in {r['seconds']:.0f} s")
     for name, m in r["metrics"].items():
