@@ -18,7 +18,7 @@ from sbssl.errors import SbsslError
 from sbssl.models.vit import create_encoder, slice_features
 from sbssl.predict import predict
 
-from .conftest import FT, TINY_VIT
+from .conftest import FT
 
 
 def test_roi_keeps_the_central_slab_and_crop():

@@ -99,6 +99,7 @@ def test_demo_quick_and_report_in_chromium(tmp_path: Path):
     page = (out / "report.html").read_text()
     assert "http://" not in page and "https://" not in page  # self-contained
     assert page.count("data:image/png;base64,") >= 5
+    assert "Sensitivity by ACL tear type" in page  # from the synthetic set's findings files
     dom, shot = render(out / "report.html", tmp_path)
     n = page.count("<img ")
     assert f"images-loaded:{n}/{n}" in dom, dom[-500:]

@@ -1,0 +1,7 @@
+"""python -m sbssl.weights export ENCODER.safetensors"""
+
+import sys
+
+from sbssl.weights import _main
+
+_main(sys.argv[1:])
