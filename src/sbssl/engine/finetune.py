@@ -237,7 +237,6 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
 
 
-
 @torch.no_grad()
 def heldout_probs(model_f, model, cache, held: np.ndarray, cfg: DictConfig, device, table) -> np.ndarray:
     """P(positive) of the held-out exams; a linear probe reads its feature table instead of the encoder."""
