@@ -157,17 +157,17 @@ def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -
 
 @torch.no_grad()
 def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, device,
-                        autocast: bool = False, batch: int = 256) -> torch.Tensor:
+                        batch: int = 256) -> torch.Tensor:
     """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero):
-    a linear probe then trains its head on table lookups, never running the encoder again."""
+    a linear probe then trains its head on table lookups, never running the encoder again. Precision is the
+    caller's (fine-tuning runs it under Fabric's autocast)."""
     rows = np.unique(gather_index(cache, np.asarray(exams), model)[0])
     table = torch.zeros(len(cache.data), model.encoder.embed_dim, device=device)
     model.eval()
     for i in range(0, len(rows), batch):
         r = rows[i: i + batch]
         x = normalise(torch.from_numpy(cache.data[r])[:, None].to(device), cfg)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
-            table[torch.from_numpy(r).to(device)] = model.slice_features(x).float()
+        table[torch.from_numpy(r).to(device)] = model.slice_features(x).float()
     return table
 
 

@@ -24,17 +24,12 @@ def read_findings(root: Path, split: str) -> dict[int, dict[str, str]] | None:
         return {int(r["case"]): r for r in csv.DictReader(f) if r.get("case", "").isdigit()}
 
 
-def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["label"] != ""]
-    return [r["case"] for r in rows], np.array([float(r["probability"]) for r in rows]), \
-        np.array([int(r["label"]) for r in rows])
-
-
 def sensitivity_by_tear_type(predictions: Path, findings: dict[int, dict[str, str]], threshold: float = 0.5
                              ) -> dict[str, tuple[float, int]]:
     """tear type -> (share of those exams called positive at the threshold, number of exams)."""
-    cases, prob, label = read_predictions(predictions)
+    from sbssl.evaluate.report_files import read_predictions
+
+    cases, prob, label = read_predictions(predictions)  # label -1 where unknown: never counted
     kinds = np.array([findings.get(int(c), {}).get("acl_tear", "") if c.isdigit() else "" for c in cases])
     out = {}
     for kind in TEAR_TYPES:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sbssl.evaluate.findings import FINDINGS_DIR  # beside train/ and valid/; layout readers never look in it
 from sbssl.synth.exam import PLANES, Labels, findings_row, render_exam
 from sbssl.utils.io import atomic_write_text, save_npy_atomic
 from sbssl.utils.progress import progress
@@ -59,7 +60,6 @@ def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) ->
     return [Labels(int(i in abnormal), int(i in acl), int(i in men)) for i in range(n)]
 
 
-FINDINGS_DIR = "findings"  # beside train/ and valid/; MRNet layout readers never look in it
 
 
 def _write_exam(args: tuple) -> dict[str, object]:
