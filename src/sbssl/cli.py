@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gallery", action="store_true", help="also write PNG mosaics under OUT/gallery/")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("import", help="convert a public knee MRI set to the generic layout (once)")
+    p.add_argument("dataset", choices=["kneemri"], help="kneemri: Štajduhar et al. 2017 (metadata.csv + vol*/*.pck)")
+    p.add_argument("src", help="the folder holding metadata.csv and vol01..vol10")
+    p.add_argument("--out", required=True)
+    p.add_argument("--task", choices=["injury", "tear"], default="injury",
+                   help="positive: any ACL injury (diagnosis >= 1) or a complete tear (diagnosis = 2)")
+    p.add_argument("--valid-fraction", type=float, default=0.2, help="share of exams in valid (stratified)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--left", type=int, choices=[0, 1], default=0,
+                   help="the kneeLR value of a left knee (mirrored to a right one)")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("check", help="validate a dataset and summarise it")
     p.add_argument("--data", required=True)
 
@@ -160,6 +172,17 @@ def cmd_synth(a: argparse.Namespace) -> None:
     print(f"wrote {a.train}+{a.valid} exams to {out}")
 
 
+def cmd_import(a: argparse.Namespace) -> None:
+    from sbssl.data.kneemri import import_kneemri
+    from sbssl.utils.rundir import prepare_out
+
+    out = Path(a.out)
+    prepare_out(out, a.overwrite, marker="import.json")
+    s = import_kneemri(Path(a.src), out, a.task, a.valid_fraction, a.seed, a.left)
+    print(f"{out}: KneeMRI, task {s['task']}: train {s['train']['exams']} exams ({s['train']['positives']} positive), "
+          f"valid {s['valid']['exams']} ({s['valid']['positives']} positive); {len(s['skipped'])} skipped")
+
+
 def cmd_check(a: argparse.Namespace) -> None:
     from sbssl.data.check import check_dataset
 
@@ -248,7 +271,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"report: {r['report']}")
 
 
-COMMANDS = {"synth": cmd_synth, "check": cmd_check, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
+COMMANDS = {"synth": cmd_synth, "import": cmd_import, "check": cmd_check, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
             "evaluate": cmd_evaluate, "compare": cmd_compare, "explain": cmd_explain, "predict": cmd_predict,
             "report": cmd_report, "demo": cmd_demo}
 

@@ -1,4 +1,4 @@
-"""Reading one exam volume safely: .npy (never unpickled), NIfTI, or a DICOM series folder.
+"""Reading one exam volume safely: .npy (never unpickled), NIfTI, a DICOM series folder or one DICOM file.
 
 Every reader returns a float32 or integer array of shape (slices, H, W) or raises
 DataError naming the file and the fault.
@@ -15,6 +15,7 @@ import numpy as np
 from sbssl.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+DICOM_SUFFIXES = (".dcm", ".dicom")
 MAX_VOXELS = 2**28  # 1 GiB of float32; a knee exam is ~10M voxels, a damaged header can claim 10^15
 
 
@@ -25,12 +26,12 @@ def is_volume_path(path: Path) -> bool:
         return False
     if path.is_dir():
         return True
-    return name.endswith(".npy") or name.endswith(NIFTI_SUFFIXES)
+    return name.endswith(".npy") or name.endswith(NIFTI_SUFFIXES) or name.endswith(DICOM_SUFFIXES)
 
 
 def case_id(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".npy"):
+    for suffix in (".nii.gz", ".nii", ".npy", *DICOM_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -135,24 +136,81 @@ def load_dicom_series(folder: Path) -> np.ndarray:
     slices.sort(key=lambda fd: _slice_position(fd[1]))
     images = []
     for f, ds in slices:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = ds.pixel_array.astype(np.float32)
-        except Exception as e:
-            raise DataError(f, f"unreadable DICOM pixel data ({_short(e)})") from None
-        slope, intercept = _float_tag(ds, "RescaleSlope", 1.0), _float_tag(ds, "RescaleIntercept", 0.0)
+        img = dicom_pixels(ds, f)
         if img.ndim != 2:
             raise DataError(f, f"DICOM image of shape {img.shape}, want one 2-D slice per file")
-        images.append(img * slope + intercept)
+        images.append(img)
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
         raise DataError(folder, f"DICOM slices of different sizes {sorted(shapes)}")
     return check_volume(np.stack(images), folder)
 
 
+def load_dicom_file(path: Path) -> np.ndarray:
+    """One DICOM file as an exam: a single-frame image is a one-slice volume, a multi-frame (enhanced MR)
+    image a whole one, its frames ordered along the slice normal when every frame says where it lies."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as e:
+        raise DataError(path, f"not a readable DICOM file ({_short(e)})") from None
+    if "PixelData" not in ds:
+        raise DataError(path, "DICOM file without pixel data (not an image)")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    img = dicom_pixels(ds, path)
+    if frames == 1 and img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3 or img.shape[0] != frames:
+        raise DataError(path, f"DICOM pixel data of shape {img.shape} for {frames} frame(s): not greyscale slices")
+    order = _frame_order(ds, frames)
+    return check_volume(np.ascontiguousarray(img[order]), path)
+
+
+def dicom_pixels(ds, path: Path) -> np.ndarray:
+    """Decoded, rescaled float32 pixels; a compressed transfer syntax without a decoder installed is refused in
+    one line naming the syntax and what would decode it."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        raise DataError(path, f"colour DICOM ({ds.SamplesPerPixel} samples per pixel); want greyscale MR")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = ds.pixel_array.astype(np.float32)
+    except Exception as e:
+        msg = str(e)
+        if syntax is not None and syntax.is_compressed and ("missing" in msg or "plugin" in msg or "decod" in msg):
+            needs = "; ".join(ln.strip(" \t-") for ln in msg.splitlines()[1:] if ln.strip()) or _short(e)
+            raise DataError(path, f"compressed transfer syntax '{syntax.name}' ({syntax}) cannot be decoded: "
+                                  f"install one of: {needs}") from None
+        raise DataError(path, f"unreadable DICOM pixel data ({_short(e)})") from None
+    slope, intercept = _rescale(ds)
+    return img * slope + intercept
+
+
+def _rescale(ds) -> tuple[float, float]:
+    """Rescale slope and intercept: top level, or shared by every frame of an enhanced image."""
+    try:
+        t = ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0]
+        return _float_tag(t, "RescaleSlope", 1.0), _float_tag(t, "RescaleIntercept", 0.0)
+    except (AttributeError, IndexError, KeyError):
+        return _float_tag(ds, "RescaleSlope", 1.0), _float_tag(ds, "RescaleIntercept", 0.0)
+
+
+def _frame_order(ds, frames: int) -> np.ndarray:
+    """Frame indices sorted by position along the slice normal; stored order when positions are missing."""
+    try:
+        o = np.array(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float)
+        per = ds.PerFrameFunctionalGroupsSequence
+        pos = np.array([per[i].PlanePositionSequence[0].ImagePositionPatient for i in range(frames)], float)
+        return np.argsort(pos @ np.cross(o[:3], o[3:]), kind="stable")
+    except Exception:  # no enhanced geometry: keep the stored order
+        return np.arange(frames)
+
+
 def load_volume(path: Path) -> np.ndarray:
-    """Dispatch on the path: folder = DICOM series, .nii[.gz] = NIfTI, .npy = NumPy."""
+    """Dispatch on the path: folder = DICOM series, .nii[.gz] = NIfTI, .npy = NumPy, .dcm = one DICOM file."""
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
@@ -162,7 +220,18 @@ def load_volume(path: Path) -> np.ndarray:
         return load_nifti(path)
     if path.name.lower().endswith(".npy"):
         return load_npy(path)
-    raise DataError(path, "unknown volume format (want .npy, .nii, .nii.gz or a DICOM folder)")
+    if path.name.lower().endswith(DICOM_SUFFIXES) or _has_dicom_preamble(path):
+        return load_dicom_file(path)
+    raise DataError(path, "unknown volume format (want .npy, .nii, .nii.gz, .dcm or a DICOM folder)")
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble, whatever their name."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def _slice_position(ds) -> float:

@@ -1,0 +1,153 @@
+"""KneeMRI: safe reading of its pickled volumes and the one-time import to the generic layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbssl.data.kneemri import import_kneemri, load_pck, read_metadata
+from sbssl.data.layout import list_exams
+from sbssl.errors import DataError
+
+from .conftest import assert_user_error, run_cli
+
+HEADER = "examId,seriesNo,aclDiagnosis,kneeLR,roiX,roiY,roiZ,roiHeight,roiWidth,roiDepth,volumeFilename\n"
+
+
+def py2_pickle(arr: np.ndarray) -> bytes:
+    """What numpy 1.x under Python 2 wrote with protocol 2: module numpy.core.multiarray, the bytes as str."""
+    def s(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<i", len(b)) + b
+
+    def i(n: int) -> bytes:
+        return b"J" + struct.pack("<i", n)
+
+    out = b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R"
+    out += b"(" + i(1) + b"(" + b"".join(i(d) for d in arr.shape) + b"t"
+    out += b"cnumpy\ndtype\n" + s(arr.dtype.str[1:].encode()) + i(0) + i(1) + b"\x87R"
+    out += b"(" + i(3) + s(b"<") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb"
+    return out + b"\x89" + s(arr.tobytes()) + b"tb."
+
+
+def malicious_pickle(marker: Path) -> bytes:
+    """A pickle whose payload would create `marker` (os.system) if it ever ran."""
+    return b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+
+
+def volume(seed: int, slices: int = 6) -> np.ndarray:
+    v = np.random.default_rng(seed).integers(0, 4096, (slices, 32, 32)).astype(np.uint16)
+    v[:, 0, 0] = np.arange(slices)  # slice order is readable from one voxel
+    return v
+
+
+def kneemri_folder(root: Path) -> dict[str, np.ndarray]:
+    """12 volumes of 10 exams (exam 105 has two series) in vol01/vol02, each pickled a different way, and one
+    metadata row whose volume is missing."""
+    vols, rows = {}, []
+    diag = [0, 0, 1, 2, 0, 1, 0, 2, 0, 0, 1, 0]
+    for k in range(12):
+        exam, series = (100 + k, 1) if k < 11 else (105, 2)
+        name = f"{exam}-{series}.pck"
+        vols[name] = volume(k)
+        folder = root / ("vol01" if k < 6 else "vol02")
+        folder.mkdir(parents=True, exist_ok=True)
+        data = py2_pickle(vols[name]) if k % 3 == 0 else pickle.dumps(vols[name], protocol=[2, 4, 5][k % 3])
+        (folder / name).write_bytes(data)
+        rows.append(f"{exam},{series},{diag[k]},{k % 2},4,5,1,20,22,3,{name}\n")
+    rows.append("999,1,2,1,0,0,0,10,10,2,999-1.pck\n")  # no volume on disk
+    (root / "metadata.csv").write_text(HEADER + "".join(rows))
+    return vols
+
+
+def test_every_pickle_protocol_reads_as_its_array(tmp_path: Path):
+    vols = kneemri_folder(tmp_path)
+    for name, v in vols.items():
+        got = load_pck(next(tmp_path.glob(f"vol*/{name}")))
+        np.testing.assert_array_equal(got, v)
+        assert got.dtype == np.uint16
+
+
+def test_malicious_pickle_refused_and_never_runs(tmp_path: Path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "bad.pck").write_bytes(malicious_pickle(marker))
+    with pytest.raises(DataError, match=r"bad\.pck: refused: the pickle names os\.system"):
+        load_pck(tmp_path / "bad.pck")
+    assert not marker.exists()
+    # the payload may also hide inside an otherwise valid array pickle (its __reduce__ state)
+    (tmp_path / "nested.pck").write_bytes(malicious_pickle(marker).replace(b"cos\nsystem", b"cposix\nsystem"))
+    with pytest.raises(DataError, match="refused"):
+        load_pck(tmp_path / "nested.pck")
+    assert not marker.exists()
+
+
+def test_damaged_and_non_array_pickles(tmp_path: Path):
+    good = pickle.dumps(volume(0), protocol=4)
+    (tmp_path / "cut.pck").write_bytes(good[: len(good) // 2])
+    (tmp_path / "list.pck").write_bytes(pickle.dumps([1, 2, 3]))
+    (tmp_path / "flat.pck").write_bytes(pickle.dumps(np.zeros(5)))
+    for name, fault in [("cut.pck", "not a"), ("list.pck", "not a numpy array"), ("flat.pck", "wrong rank")]:
+        with pytest.raises(DataError, match=fault) as e:
+            load_pck(tmp_path / name)
+        assert name in str(e.value) and "\n" not in str(e.value)
+
+
+def test_import_labels_split_mirror_and_roi(tmp_path: Path):
+    src, dst = tmp_path / "kneemri", tmp_path / "out"
+    vols = kneemri_folder(src)
+    res = run_cli("import", "kneemri", src, "--out", dst, "--task", "injury", "--valid-fraction", "0.3")
+    assert res.returncode == 0, res.stderr
+    assert "999-1.pck" in res.stderr  # the row without a volume is named and skipped
+    meta = {r.case: r for r in read_metadata(src / "metadata.csv")}
+    summary = json.loads((dst / "import.json").read_text())
+    assert summary["skipped"] == ["999-1.pck"] and summary["train"]["exams"] + summary["valid"]["exams"] == 12
+    seen = {}
+    for split in ("train", "valid"):
+        recs = list_exams(dst, split)
+        for r in recs:
+            m = meta[r.case]
+            assert r.label == int(m.diagnosis >= 1)  # injury: partial or complete
+            v = np.load(r.path, allow_pickle=False)
+            left = m.knee_lr == 0
+            np.testing.assert_array_equal(v, vols[f"{r.case}.pck"][::-1] if left else vols[f"{r.case}.pck"])
+            seen[r.case] = split
+        boxes = {row["case"]: row for row in csv.DictReader((dst / split / "roi.csv").read_text().splitlines())}
+        assert set(boxes) == {r.case for r in recs}
+        for case, b in boxes.items():
+            z_want = 6 - 1 - 3 if meta[case].knee_lr == 0 else 1  # mirrored: z -> slices - z - depth
+            assert (int(b["x"]), int(b["z"]), int(b["depth"])) == (4, z_want, 3)
+    assert seen["105-1"] == seen["105-2"]  # the two series of one exam on the same side
+    assert summary["valid"]["positives"] >= 1 and summary["train"]["positives"] >= 1  # stratified
+    again = run_cli("import", "kneemri", src, "--out", dst)
+    assert_user_error(again, "finished run")
+    assert run_cli("check", "--data", dst).returncode == 0
+    tear = run_cli("import", "kneemri", src, "--out", tmp_path / "tear", "--task", "tear")
+    assert tear.returncode == 0, tear.stderr
+    labels = {r.case: r.label for s in ("train", "valid") for r in list_exams(tmp_path / "tear", s)}
+    assert labels == {c: int(m.diagnosis == 2) for c, m in meta.items() if c != "999-1"}
+
+
+def test_import_stops_on_a_malicious_volume(tmp_path: Path):
+    src, marker = tmp_path / "kneemri", tmp_path / "pwned"
+    kneemri_folder(src)
+    (src / "vol02" / "108-1.pck").write_bytes(malicious_pickle(marker))
+    res = run_cli("import", "kneemri", src, "--out", tmp_path / "out")
+    assert_user_error(res, "108-1.pck", "refused")
+    assert not marker.exists() and not (tmp_path / "out" / "import.json").exists()
+
+
+@pytest.mark.parametrize("row, fault", [
+    ("1,1,3,0,0,0,0,1,1,1,1-1.pck", "aclDiagnosis 3"),
+    ("1,1,0,0,0,0,0,1,1,1,../etc.pck", "plain .pck"),
+    ("1,1,0,0,0,0,0,1,1,1", "fields"),
+])
+def test_bad_metadata_rows(tmp_path: Path, row: str, fault: str):
+    (tmp_path / "metadata.csv").write_text(HEADER + row + "\n")
+    with pytest.raises(DataError, match=fault) as e:
+        read_metadata(tmp_path / "metadata.csv")
+    assert "metadata.csv: row 2" in str(e.value)
