@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbssl.data.kneemri import import_kneemri, load_pck, read_metadata
+from sbssl.data.kneemri import load_pck, read_metadata
 from sbssl.data.layout import list_exams
 from sbssl.errors import DataError
 

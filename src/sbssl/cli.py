@@ -271,9 +271,9 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"report: {r['report']}")
 
 
-COMMANDS = {"synth": cmd_synth, "import": cmd_import, "check": cmd_check, "pretrain": cmd_pretrain, "finetune": cmd_finetune,
-            "evaluate": cmd_evaluate, "compare": cmd_compare, "explain": cmd_explain, "predict": cmd_predict,
-            "report": cmd_report, "demo": cmd_demo}
+COMMANDS = {"synth": cmd_synth, "import": cmd_import, "check": cmd_check, "pretrain": cmd_pretrain,
+            "finetune": cmd_finetune, "evaluate": cmd_evaluate, "compare": cmd_compare, "explain": cmd_explain,
+            "predict": cmd_predict, "report": cmd_report, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,7 @@ def read_metadata(path: Path) -> list[KneeRow]:
             continue
         if len(row) != len(COLUMNS):
             raise DataError(path, f"row {i}: {len(row)} fields, want {len(COLUMNS)}")
-        r = dict(zip(COLUMNS, (c.strip() for c in row)))
+        r = dict(zip(COLUMNS, (c.strip() for c in row), strict=True))
         try:
             diagnosis, knee_lr = int(r["aclDiagnosis"]), int(r["kneeLR"])
             box = tuple(int(float(r[k])) for k in ROI)
