@@ -151,3 +151,16 @@ def test_bad_metadata_rows(tmp_path: Path, row: str, fault: str):
     with pytest.raises(DataError, match=fault) as e:
         read_metadata(tmp_path / "metadata.csv")
     assert "metadata.csv: row 2" in str(e.value)
+
+
+def test_external_validation_of_a_model_trained_elsewhere(ft_run: Path, tmp_path: Path):
+    src, dst = tmp_path / "kneemri", tmp_path / "out"
+    kneemri_folder(src)
+    assert run_cli("import", "kneemri", src, "--out", dst).returncode == 0
+    res = run_cli("evaluate", "--model", ft_run, "--data", dst, "--out", tmp_path / "ext")
+    assert res.returncode == 0, res.stderr
+    m = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    valid = list_exams(dst, "valid")
+    assert m["n"] == len(valid) and m["positives"] == sum(r.label for r in valid)
+    cases = [r["case"] for r in csv.DictReader((tmp_path / "ext" / "predictions.csv").open())]
+    assert cases == [r.case for r in valid]

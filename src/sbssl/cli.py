@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides for every training run of the demo (e.g. trainer.precision=32-true)")
 
+    p = sub.add_parser("fuse", help="fuse plane runs with a logistic regression (MRNet), fitted on held-out train")
+    p.add_argument("runs", nargs="+", help="fine-tuned runs of one task, one per plane")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", help="dataset root (default: the one the runs were trained on)")
+    p.add_argument("--split", default="valid", help="the split the fused model is scored on")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("reproduce", help="Table 1, ablations and the 3 x 3 grid with fusion, resumable")
+    p.add_argument("--data", help="dataset root (default at --scale cpu: a synthetic set made in OUT/data)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every training step")
+
     p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs")
     p.add_argument("run_a")
     p.add_argument("run_b")
@@ -218,6 +232,37 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     print(f"{out}: AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], accuracy {m['accuracy']:.3f}")
 
 
+def cmd_fuse(a: argparse.Namespace) -> None:
+    from sbssl.evaluate.fusion import fuse
+    from sbssl.utils.rundir import prepare_out
+
+    out = Path(a.out)
+    prepare_out(out, a.overwrite, marker="metrics.json")
+    m = fuse([Path(r) for r in a.runs], out, Path(a.data) if a.data else None, a.split)
+    planes = ", ".join(f"{x['plane']} {x['auc']:.3f}" for x in m["member_metrics"])
+    print(f"{out}: fused {m['task']} AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], "
+          f"accuracy {m['accuracy']:.3f} (planes: {planes})")
+
+
+def cmd_reproduce(a: argparse.Namespace) -> None:
+    from sbssl.config import load_config
+    from sbssl.reproduce import GRID_TASKS, reproduce
+
+    load_config(None, a.overrides)  # a bad override is refused before anything runs
+    s = reproduce(Path(a.out), Path(a.data) if a.data else None, a.scale, a.overrides, a.dry_run)
+    if not s:
+        return
+    cols = ["sagittal", "coronal", "axial", "fused"]
+    print(f"\n{'task':10s}" + "".join(f"{c:>24s}" for c in cols))
+    for t in GRID_TASKS:
+        row = s["grid"].get(t, {})
+        print(f"{t:10s}" + "".join(f"{row[c]['auc']:>8.3f} [{row[c]['auc_ci95'][0]:.3f}, {row[c]['auc_ci95'][1]:.3f}]"
+                                   if c in row else f"{'-':>24s}" for c in cols))
+    means = s["mean_auc_over_tasks"]
+    print(f"{'mean':10s}" + "".join(f"{means[c]:>24.3f}" if c in means else f"{'-':>24s}" for c in cols))
+    print(f"report: {Path(a.out) / 'report.html'}")
+
+
 def cmd_compare(a: argparse.Namespace) -> None:
     from sbssl.evaluate.report_files import compare_runs
 
@@ -272,8 +317,9 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 COMMANDS = {"synth": cmd_synth, "import": cmd_import, "check": cmd_check, "pretrain": cmd_pretrain,
-            "finetune": cmd_finetune, "evaluate": cmd_evaluate, "compare": cmd_compare, "explain": cmd_explain,
-            "predict": cmd_predict, "report": cmd_report, "demo": cmd_demo}
+            "finetune": cmd_finetune, "evaluate": cmd_evaluate, "compare": cmd_compare, "fuse": cmd_fuse,
+            "reproduce": cmd_reproduce, "explain": cmd_explain, "predict": cmd_predict, "report": cmd_report,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from sbssl.data.cache import SliceCache, prepare_volume
-from sbssl.data.volume_io import is_volume_path, load_volume
+from sbssl.data.volume_io import case_id, is_volume_path, load_volume
 from sbssl.engine.inference import Ensemble, compile_for_inference, gather_exams, load_ensemble, predict_probs
 from sbssl.engine.runtime import cpu_has_bf16
 from sbssl.errors import DataError, SbsslError
-from sbssl.evaluate.report_files import write_predictions
+from sbssl.evaluate.fusion import FUSION_FILE
+from sbssl.evaluate.report_files import write_member_predictions, write_predictions
 from sbssl.explain import explain_exam
 
 log = logging.getLogger("sbssl")
@@ -49,7 +50,10 @@ def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
 
 def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
             block: int = 10, compile: bool = False) -> int:
-    """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs."""
+    """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs.
+    A fused run (`sbssl fuse`) takes exams as folders with sagittal/, coronal/ and axial/ series instead."""
+    if (Path(model_dir) / FUSION_FILE).is_file():
+        return predict_fused(model_dir, inputs, out, device)
     ens = load_ensemble(model_dir, device)
     bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
     scorers = [compile_for_inference(m) for m in ens.models] if compile else ens.models
@@ -60,7 +64,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
-        name = f.name.removesuffix(".gz").removesuffix(".nii").removesuffix(".npy") if f.is_file() else f.name
+        name = case_id(f)
         try:
             cache = exam_cache(load_volume(f), ens, name)
         except DataError as e:
@@ -76,6 +80,66 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
                          f"{name}: P({ens.cfg.data.task}) = {p:.3f}", int(cache.offsets[-1]), device)
     if names:
         write_predictions(out / "predictions.csv", names, np.array(probs), None, sort_by_probability=True)
+    return failed
+
+
+def plane_series(folders: list[Path], planes: list[str]) -> tuple[dict[str, dict[str, Path]], int]:
+    """{case: {plane: series}} from folders laid out as FOLDER/<plane>/<case>.<ext> (an MRNet split folder, or
+    one exam's three series); a case missing a plane is reported and skipped."""
+    exams: dict[str, dict[str, Path]] = {}
+    failed = 0
+    for folder in map(Path, folders):
+        if not all((folder / pl).is_dir() for pl in planes):
+            print(f"error: {folder}: want one folder per plane ({', '.join(planes)}) for a fused model",
+                  file=sys.stderr)
+            failed += 1
+            continue
+        found = {pl: {case_id(f): f for f in expand_inputs([folder / pl])} for pl in planes}
+        for case in sorted(set().union(*found.values())):
+            if all(case in found[pl] for pl in planes):
+                exams[case] = {pl: found[pl][case] for pl in planes}
+            else:
+                lacking = [pl for pl in planes if case not in found[pl]]
+                print(f"error: {folder}: exam {case} has no {' or '.join(lacking)} series", file=sys.stderr)
+                failed += 1
+    return exams, failed
+
+
+def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu") -> int:
+    """Each exam's planes through their plane runs, then the fitted fusion; writes predictions.csv with the
+    fused probability (most probable first) and predictions_planes.csv; returns the number of failures."""
+    import json
+
+    from sbssl.evaluate.fusion import fused_probability
+
+    fusion = json.loads((Path(model_dir) / FUSION_FILE).read_text())
+    planes = list(fusion["planes"])
+    runs = {pl: load_ensemble(Path(r), device) for pl, r in zip(planes, fusion["runs"], strict=True)}
+    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    exams, failed = plane_series(inputs, planes)
+    names, per_plane = [], {pl: [] for pl in planes}
+    for case, series in exams.items():
+        try:
+            p = {pl: float(np.mean([predict_probs(m, exam_cache(load_volume(series[pl]), runs[pl], case),
+                                                  np.array([0]), runs[pl].cfg, device, 1, bf16)[0]
+                                    for m in runs[pl].models])) for pl in planes}
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        names.append(case)
+        for pl in planes:
+            per_plane[pl].append(p[pl])
+    if not names and not failed:
+        raise SbsslError("predict: no exams found in the inputs")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if names:
+        cols = {pl: np.array(v) for pl, v in per_plane.items()}
+        write_predictions(out / "predictions.csv", names, fused_probability(fusion, cols), None,
+                          sort_by_probability=True)
+        write_member_predictions(out / "predictions_planes.csv", names, np.stack([cols[pl] for pl in planes]),
+                                 planes)
     return failed
 
 

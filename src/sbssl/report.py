@@ -25,6 +25,7 @@ class Found:
     finetune: list[Path] = field(default_factory=list)
     pretrain: list[Path] = field(default_factory=list)
     compare: list[Path] = field(default_factory=list)
+    fused: list[Path] = field(default_factory=list)
     overlays: list[Path] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
@@ -41,6 +42,8 @@ def discover(roots: list[Path]) -> Found:
                 f.pretrain.append(p)
             if (p / "compare.json").exists():
                 f.compare.append(p)
+            if (p / "metrics.json").exists() and (p / "fusion.json").exists():
+                f.fused.append(p)
             if p.name == "explain":
                 f.overlays.extend(sorted(p.glob("*.png")))
         if (root / "commands.txt").exists():
@@ -119,6 +122,7 @@ def build_report(roots: list[Path], out: Path, title: str = "sbssl report") -> P
              f"<style>{CSS}</style>{CHECK_JS}</head><body><h1>{html.escape(title)}</h1>"]
     parts.append(_table(found))
     parts.append(_by_tear_type(found))
+    parts.append(_grid(found))
     parts.append(_comparison(found))
     rocs = [(r, r / "roc.png") for r in found.finetune if (r / "roc.png").exists()]
     if rocs:
@@ -146,9 +150,13 @@ def build_report(roots: list[Path], out: Path, title: str = "sbssl report") -> P
 
 
 def _table(found: Found) -> str:
+    """Every run on the first run's task, plane and split (the grid holds the others)."""
     rows = []
+    first = json.loads((found.finetune[0] / "metrics.json").read_text()) if found.finetune else {}
     for run in found.finetune:
         m = json.loads((run / "metrics.json").read_text())
+        if (m["task"], m["plane"], m["split"]) != (first["task"], first["plane"], first["split"]):
+            continue
         lo, hi = m["auc_ci95"]
         rows.append(f"<tr><td>{html.escape(_method(m))}</td><td>{html.escape(m.get('model', ''))}</td>"
                     f"<td>{_n_params(run) / 1e6:.1f}M</td><td>{100 * m['accuracy']:.2f}</td>"
@@ -156,13 +164,39 @@ def _table(found: Found) -> str:
                     f"{m['specificity']:.2f}</td><td>{m['members']}</td><td>{html.escape(run.name)}</td></tr>")
     if not rows:
         return "<p>No fine-tuned runs found.</p>"
-    first = json.loads((found.finetune[0] / "metrics.json").read_text())
     return (f"<h2>Table 1: {html.escape(first['task'])} tear, {html.escape(first['plane'])} plane, "
             f"{html.escape(first['split'])} split (n = {first['n']}, {first['positives']} positive)</h2>"
             "<table><tr><th>method</th><th>backbone</th><th># params</th><th>accuracy (%)</th>"
             "<th>AUC [95% bootstrap CI]</th><th>sens / spec</th><th>members</th><th>run</th></tr>"
             + "".join(rows) + "</table><p class='note'>Accuracy, sensitivity and specificity at threshold 0.5; "
             "epochs chosen on a held-out part of the train split, never on the reported split.</p>")
+
+
+def _grid(found: Found) -> str:
+    """MRNet's grid: AUC [95% CI] per task (rows) and plane (columns), the fused model, and each column's mean
+    over tasks (what the MRNet competition ranks). Shown when the folders hold a fusion."""
+    if not found.fused:
+        return ""
+    cells: dict[tuple[str, str], dict] = {}
+    for run in found.finetune + found.fused:
+        m = json.loads((run / "metrics.json").read_text())
+        col = "fused" if run in found.fused else m["plane"]
+        cells.setdefault((m["task"], col), m)  # the first run found for a cell
+    tasks = sorted({t for t, _ in cells})
+    cols = [c for c in ("sagittal", "coronal", "axial", "fused") if any((t, c) in cells for t in tasks)]
+
+    def cell(t: str, c: str) -> str:
+        m = cells.get((t, c))
+        return "<td>-</td>" if m is None else \
+            f"<td>{m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]</td>"
+
+    rows = "".join(f"<tr><td>{html.escape(t)}</td>{''.join(cell(t, c) for c in cols)}</tr>" for t in tasks)
+    means = "".join(f"<td><b>{np.mean([cells[(t, c)]['auc'] for t in tasks]):.3f}</b></td>"
+                    if all((t, c) in cells for t in tasks) else "<td>-</td>" for c in cols)
+    return ("<h2>Every task on every plane, and the planes fused</h2><table><tr><th>task</th>"
+            + "".join(f"<th>{c}</th>" for c in cols) + "</tr>" + rows + f"<tr><td>mean over tasks</td>{means}</tr>"
+            + "</table><p class='note'>AUC [95% bootstrap CI] on the valid split. Fusion: a logistic regression "
+            "on the planes' probabilities, fitted on held-out train exams (MRNet's method), scored once here.</p>")
 
 
 def _by_tear_type(found: Found) -> str:

@@ -53,10 +53,12 @@ def write_predictions(path: Path, cases: list[str], p: np.ndarray, y: np.ndarray
     atomic_write_text(path, buf.getvalue())
 
 
-def write_member_predictions(path: Path, cases: list[str], probs: np.ndarray, seeds: list[int]) -> None:
+def write_member_predictions(path: Path, cases: list[str], probs: np.ndarray, seeds: list[int] | list[str]
+                             ) -> None:
+    """One column per member (`member_<seed>`) or per named part (a fusion's planes)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case", *[f"member_{s}" for s in seeds]])
+    w.writerow(["case", *[s if isinstance(s, str) else f"member_{s}" for s in seeds]])
     for i, c in enumerate(cases):
         w.writerow([c, *[f"{q:.6f}" for q in probs[:, i]]])
     atomic_write_text(path, buf.getvalue())
@@ -68,8 +70,8 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows]))
 
 
-def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.ndarray, seeds: list[int],
-             title: str) -> None:
+def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.ndarray, seeds: list,
+             title: str, kind: str = "member") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,9 +82,10 @@ def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.n
     if len(np.unique(y)) == 2:
         for s, q in zip(seeds, member_probs, strict=True):
             fpr, tpr, _ = roc_curve(y, q)
-            ax.plot(fpr, tpr, lw=0.8, alpha=0.6, label=f"member {s} (AUC {roc_auc_score(y, q):.3f})")
+            ax.plot(fpr, tpr, lw=0.8, alpha=0.6, label=f"{kind} {s} (AUC {roc_auc_score(y, q):.3f})")
         fpr, tpr, _ = roc_curve(y, ensemble)
-        ax.plot(fpr, tpr, lw=2.2, color="k", label=f"ensemble (AUC {roc_auc_score(y, ensemble):.3f})")
+        whole = "fused" if kind == "plane" else "ensemble"
+        ax.plot(fpr, tpr, lw=2.2, color="k", label=f"{whole} (AUC {roc_auc_score(y, ensemble):.3f})")
     ax.plot([0, 1], [0, 1], ls=":", color="grey")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=6, loc="lower right")

@@ -1,0 +1,131 @@
+"""Plane fusion, MRNet's way (Bien et al. 2018): a logistic regression on the planes' exam probabilities.
+
+Honest fit: the regression is fitted on *train* exams that no plane model trained on, their held-out part (the
+same exams for every plane when the plane runs share seed, label budget and held-out fraction), and the fused
+model is then scored once on the split it reports. The held-out part also chose each model's epoch, so its
+probabilities are slightly optimistic; the valid split is never touched by either choice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from sbssl.errors import SbsslError
+from sbssl.evaluate.metrics import exam_metrics
+from sbssl.evaluate.report_files import roc_plot, write_member_predictions, write_predictions
+from sbssl.utils.io import atomic_write_json
+
+FUSION_FILE = "fusion.json"
+
+
+def run_config(run: Path):
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise SbsslError(f"{run}: not a fine-tuned run (no config.yaml)")
+    return OmegaConf.load(path)
+
+
+def held_out_cases(run: Path) -> list[str]:
+    path = Path(run) / "split.json"
+    try:
+        return list(json.loads(path.read_text())["held_out"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SbsslError(f"{path}: missing or unreadable (fuse needs the run's held-out train exams)") from None
+
+
+def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = None,
+                   device: str = "cpu") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(cases, labels, ensemble-mean probability) of a run on a split, for the given cases (default: all)."""
+    from sbssl.data.cache import slice_cache_for
+    from sbssl.engine.inference import load_ensemble, predict_probs
+    from sbssl.engine.runtime import cpu_has_bf16
+
+    ens = load_ensemble(run, device)
+    cache, records = slice_cache_for(ens.cfg, Path(root), split)
+    where = {r.case: i for i, r in enumerate(records)}
+    cases = [r.case for r in records] if cases is None else cases
+    missing = [c for c in cases if c not in where]
+    if missing:
+        raise SbsslError(f"{run}: exam {missing[0]} of the {split} split not found under {root}")
+    idx = np.array([where[c] for c in cases])
+    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    p = np.mean([predict_probs(m, cache, idx, ens.cfg, device, ens.cfg.finetune.batch_exams, autocast=bf16)
+                 for m in ens.models], axis=0)
+    return cases, np.array([records[i].label for i in idx]), p
+
+
+def check_runs(runs: list[Path]) -> tuple[list, str, list[str]]:
+    """The runs' configs, their shared task and held-out cases; one clear line when they cannot be fused."""
+    if len(runs) < 2:
+        raise SbsslError("fuse: give at least two plane runs")
+    cfgs = [run_config(r) for r in runs]
+    tasks = {c.data.task for c in cfgs}
+    if len(tasks) != 1:
+        raise SbsslError(f"fuse: the runs are for different tasks ({', '.join(sorted(tasks))})")
+    planes = [c.data.plane for c in cfgs]
+    if len(set(planes)) != len(planes):
+        raise SbsslError(f"fuse: two runs for the same plane ({', '.join(planes)})")
+    held = [held_out_cases(r) for r in runs]
+    for r, h in zip(runs[1:], held[1:], strict=True):
+        if sorted(h) != sorted(held[0]):
+            raise SbsslError(f"fuse: {r} held out other train exams than {runs[0]}; train the plane runs with "
+                             "the same train.seed, finetune.labels and finetune.val_fraction")
+    if len(set(held[0])) < 4:
+        raise SbsslError(f"fuse: {runs[0]} held out {len(held[0])} train exams; too few to fit the fusion")
+    return cfgs, tasks.pop(), held[0]
+
+
+def fuse(runs: list[Path], out: Path, root: Path | None = None, split: str = "valid", device: str = "cpu") -> dict:
+    """Fit the fusion on held-out train exams, score it on `split`; writes the files `evaluate` writes plus
+    fusion.json (planes, weights, intercept, the exams it was fitted on)."""
+    from sklearn.linear_model import LogisticRegression
+
+    runs = [Path(r) for r in runs]
+    cfgs, task, held = check_runs(runs)
+    root = Path(root or cfgs[0].data.root)
+    planes = [str(c.data.plane) for c in cfgs]
+    fit_cols, y_fit = [], None
+    for r in runs:
+        _, y, p = ensemble_probs(r, root, "train", held, device)
+        fit_cols.append(p)
+        if y_fit is not None and not np.array_equal(y, y_fit):
+            raise SbsslError(f"fuse: {r} labels the held-out exams differently from {runs[0]}")
+        y_fit = y
+    assert y_fit is not None
+    if len(np.unique(y_fit)) < 2:
+        raise SbsslError(f"fuse: the held-out train exams of {runs[0]} hold one class only")
+    cols, cases, y = [], None, None
+    for r in runs:
+        c, yy, p = ensemble_probs(r, root, split, cases, device)
+        cases, y = c, yy
+        cols.append(p)
+    assert cases is not None and y is not None
+    lr = LogisticRegression(C=1.0).fit(np.stack(fit_cols, 1), y_fit)
+    probs = np.stack(cols)
+    fused = lr.predict_proba(probs.T)[:, 1]
+    metrics = {"task": task, "plane": "+".join(planes), "split": split, **exam_metrics(y, fused),
+               "members": len(runs), "init": ",".join(sorted({str(c.init) for c in cfgs})), "model": "fusion",
+               "aggregator": "logistic regression over planes",
+               "member_metrics": [{"plane": pl, **exam_metrics(y, q)} for pl, q in zip(planes, probs, strict=True)]}
+    out = Path(out)
+    write_predictions(out / "predictions.csv", cases, fused, y)
+    write_member_predictions(out / "predictions_members.csv", cases, probs, planes)
+    roc_plot(out / "roc.png", y, probs, fused, planes, f"{task} / fused / {split}", kind="plane")
+    atomic_write_json(out / FUSION_FILE, {
+        "task": task, "planes": planes, "runs": [str(r.resolve()) for r in runs], "root": str(root),
+        "weights": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]), "features": "plane probabilities",
+        "fitted_on": {"split": "train (held-out part)", "n": len(held), "positives": int(y_fit.sum())}})
+    atomic_write_json(out / "metrics.json", metrics)  # written last: marks a finished fusion
+    return metrics
+
+
+def fused_probability(fusion: dict, plane_probs: dict[str, np.ndarray]) -> np.ndarray:
+    """The fitted regression applied to per-plane probabilities (used by predict)."""
+    z = float(fusion["intercept"]) + sum(w * plane_probs[pl] for w, pl in zip(fusion["weights"], fusion["planes"],
+                                                                                strict=True))
+    return 1.0 / (1.0 + np.exp(-z))
