@@ -1,7 +1,7 @@
 """Slices/s of the input pipeline (cache read + augment + GMML corruption) on ONE core, against
 (a) the model's pretraining throughput on the same machine (target >= 3x) and
 (b) a straightforward per-sample Python version of the reference GMML masking (rectangles placed
-    in a loop until the target area is covered, as reference-notes.md describes).
+    in a loop until the target area is covered, as GMML's public code does; src/sbssl/masking.py).
 
     python benchmarks/input_pipeline.py --data SYNTH_ROOT [--img 256 --batch 64]
 """

@@ -1,4 +1,4 @@
-"""The files an evaluation writes: predictions.csv, metrics.json, roc.png (design.md's contract)."""
+"""The files an evaluation writes: predictions.csv, metrics.json, roc.png (docs/design.md, "The run-folder contract")."""
 
 from __future__ import annotations
 
