@@ -29,10 +29,10 @@ from _common import gmml_train_step, record, timeit  # noqa: E402
 def one(model: str, img: int, batch: int, device: str, repeats: int) -> dict:
     """Step time and peak memory of one configuration (run in its own process)."""
     from sbssl.config import load_config
-    from sbssl.engine.runtime import cpu_has_bf16
+    from sbssl.engine.runtime import inference_bf16
 
     dev = torch.device(device)
-    bf16 = dev.type == "cuda" or cpu_has_bf16()
+    bf16 = inference_bf16(dev)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cfg = load_config(None, [f"model.name={model}", f"data.img_size={img}"])
     x_u8 = torch.randint(0, 256, (batch, 1, img, img), dtype=torch.uint8, device=dev)

@@ -272,7 +272,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 
 def cmd_explain(a: argparse.Namespace) -> None:
-    from sbssl.predict import explain
+    from sbssl.explain import explain
 
     if a.overrides:
         raise SbsslError("explain: the model's own config is used; overrides are not accepted")

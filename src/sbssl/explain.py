@@ -1,4 +1,4 @@
-"""Explanations (paper Fig. 5): class-token attention maps and which slices weighed most.
+"""Explanations (paper Fig. 5): class-token attention maps and which slices weighed most; `sbssl explain`.
 
 The attention of the class token to the patch tokens in one block (10 by default),
 averaged over heads and normalised to sum to 1, is upsampled to the slice and overlaid
@@ -122,3 +122,27 @@ def explain_exam(model: SliceClassifier, x_u8: torch.Tensor, lengths: torch.Tens
     overlay_png(path, x_u8[:, 0].numpy(), maps, weights, indices, title, n_total)
     return {"weights": weights.tolist(), "shown": indices, "maps": maps}
 
+
+def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int = 6, block: int = 10,
+            device: str = "cpu") -> list[Path]:
+    """Overlays for n exams of a split: the most and the least suspicious by the ensemble."""
+    from sbssl.data.cache import slice_cache_for
+    from sbssl.engine.inference import gather_exams, load_ensemble, predict_probs
+
+    ens = load_ensemble(model_dir, device)
+    cache, records = slice_cache_for(ens.cfg, Path(root), split)
+    exams = np.arange(len(records))
+    p = np.mean([predict_probs(m, cache, exams, ens.cfg, device, ens.cfg.finetune.batch_exams) for m in ens.models],
+                0)
+    order = np.argsort(-p, kind="stable")
+    chosen = list(dict.fromkeys([*order[: (n + 1) // 2].tolist(), *order[::-1][: n // 2].tolist()]))[:n]
+    paths = []
+    for e in chosen:
+        x, lengths = gather_exams(cache, np.array([e]), ens.models[0])
+        r = records[e]
+        path = Path(out) / f"{split}-{r.case}.png"
+        explain_exam(ens.models[0], x, lengths, ens.cfg, block, path,
+                     f"case {r.case} (label {r.label}): P({ens.cfg.data.task}) = {p[e]:.3f}",
+                     int(cache.offsets[e + 1] - cache.offsets[e]), device)
+        paths.append(path)
+    return paths

@@ -1,7 +1,7 @@
-"""`sbssl predict` and `sbssl explain`: exam-level probabilities and attention overlays.
+"""`sbssl predict`: exam-level probabilities and attention overlays for new exams.
 
-predict: new exams (.npy, NIfTI, DICOM series folders, or folders of them) through a
-fine-tuned ensemble, most urgent first; an unreadable input is reported and skipped.
+New exams (.npy, NIfTI, DICOM series folders or files, or folders of them) through a fine-tuned ensemble (or a
+fused one: each exam's three planes), most urgent first; an unreadable input is reported and skipped.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sbssl.data.cache import SliceCache, prepare_volume
 from sbssl.data.volume_io import case_id, is_volume_path, load_volume
 from sbssl.engine.inference import Ensemble, compile_for_inference, gather_exams, load_ensemble, predict_probs
-from sbssl.engine.runtime import cpu_has_bf16
+from sbssl.engine.runtime import inference_bf16
 from sbssl.errors import DataError, SbsslError
 from sbssl.evaluate.fusion import FUSION_FILE
 from sbssl.evaluate.report_files import write_member_predictions, write_predictions
@@ -55,7 +54,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
     if (Path(model_dir) / FUSION_FILE).is_file():
         return predict_fused(model_dir, inputs, out, device)
     ens = load_ensemble(model_dir, device)
-    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    bf16 = inference_bf16(device)
     scorers = [compile_for_inference(m) for m in ens.models] if compile else ens.models
     files = expand_inputs(inputs)
     if not files:
@@ -115,7 +114,7 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
     fusion = json.loads((Path(model_dir) / FUSION_FILE).read_text())
     planes = list(fusion["planes"])
     runs = {pl: load_ensemble(Path(r), device) for pl, r in zip(planes, fusion["runs"], strict=True)}
-    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    bf16 = inference_bf16(device)
     exams, failed = plane_series(inputs, planes)
     names, per_plane = [], {pl: [] for pl in planes}
     for case, series in exams.items():
@@ -141,27 +140,3 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
         write_member_predictions(out / "predictions_planes.csv", names, np.stack([cols[pl] for pl in planes]),
                                  planes)
     return failed
-
-
-def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int = 6, block: int = 10,
-            device: str = "cpu") -> list[Path]:
-    """Overlays for n exams of a split: the most and the least suspicious by the ensemble."""
-    from sbssl.data.cache import slice_cache_for
-
-    ens = load_ensemble(model_dir, device)
-    cache, records = slice_cache_for(ens.cfg, Path(root), split)
-    exams = np.arange(len(records))
-    p = np.mean([predict_probs(m, cache, exams, ens.cfg, device, ens.cfg.finetune.batch_exams) for m in ens.models],
-                0)
-    order = np.argsort(-p, kind="stable")
-    chosen = list(dict.fromkeys([*order[: (n + 1) // 2].tolist(), *order[::-1][: n // 2].tolist()]))[:n]
-    paths = []
-    for e in chosen:
-        x, lengths = gather_exams(cache, np.array([e]), ens.models[0])
-        r = records[e]
-        path = Path(out) / f"{split}-{r.case}.png"
-        explain_exam(ens.models[0], x, lengths, ens.cfg, block, path,
-                     f"case {r.case} (label {r.label}): P({ens.cfg.data.task}) = {p[e]:.3f}",
-                     int(cache.offsets[e + 1] - cache.offsets[e]), device)
-        paths.append(path)
-    return paths

@@ -128,22 +128,22 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
             pass  # a damaged cache is rebuilt
     counts = [_n_slices(r.path, slab) for r in records]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    total, s1, s2 = 0.0, 0.0, 0
+    value_sum, square_sum, count = 0.0, 0.0, 0
 
     def write(tmp: Path) -> None:
-        nonlocal total, s1, s2
+        nonlocal value_sum, square_sum, count
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), size, size))
         for e, r in enumerate(records):
             x = prepare_volume(load_volume(r.path), size, crop, slab)
             out[offsets[e]: offsets[e + 1]] = x
             sub = x[:, ::4, ::4].astype(np.float64) / 255.0
-            total, s1, s2 = total + sub.sum(), s1 + (sub * sub).sum(), s2 + sub.size
+            value_sum, square_sum, count = value_sum + sub.sum(), square_sum + (sub * sub).sum(), count + sub.size
         out.flush()
         del out
 
     atomic_write(data_path, write)
-    mean = total / max(s2, 1)
-    std = float(np.sqrt(max(s1 / max(s2, 1) - mean * mean, 1e-12)))
+    mean = value_sum / max(count, 1)
+    std = float(np.sqrt(max(square_sum / max(count, 1) - mean * mean, 1e-12)))
     meta = {"offsets": offsets.tolist(), "cases": [r.case for r in records], "mean": mean, "std": std}
     atomic_write_json(meta_path, meta)
     return SliceCache(np.load(data_path, mmap_mode="r", allow_pickle=False), offsets, meta["cases"], mean, std)

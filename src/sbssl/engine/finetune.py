@@ -34,8 +34,8 @@ from sbssl.engine.inference import (
     gather_exams,
     gather_index,
     predict_probs,
-    scale01,
     slice_feature_table,
+    standardise,
 )
 from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
@@ -196,7 +196,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
                     x_u8, lengths = x_u8.to(fabric.device), lengths.to(fabric.device)
                     gen = torch.Generator(fabric.device).manual_seed(seed * 1_000_003 + step)
                     x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen, rank, world))
-                    logits = model_f(scale01(x, cfg), lengths)
+                    logits = model_f(standardise(x, cfg), lengths)
                 loss = F.cross_entropy(logits.float(), y)
                 if not finite_on_all_ranks(fabric, loss):
                     if cfg.train.nonfinite != "skip":

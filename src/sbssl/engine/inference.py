@@ -171,14 +171,15 @@ def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.nda
     return table
 
 
-def scale01(x01: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    """[0, 1] slices -> the model's input space (dataset mean/std, 1 or 3 channels)."""
+def standardise(x01: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Slices scaled to [0, 1] -> the model's input space (dataset mean/std, 1 or 3 channels)."""
     x = (x01 - cfg.data.mean) / cfg.data.std
     return x.expand(-1, cfg.model.in_chans, -1, -1) if cfg.model.in_chans != 1 else x
 
 
 def normalise(x_u8: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    return scale01(x_u8.float() / 255.0, cfg)
+    """Cached uint8 slices -> the model's input space."""
+    return standardise(x_u8.float() / 255.0, cfg)
 
 
 @torch.no_grad()

@@ -28,6 +28,11 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def inference_bf16(device: torch.device | str) -> bool:
+    """bf16 autocast for scoring: on GPUs, and on CPUs where `trainer.precision=auto` would train in bf16."""
+    return torch.device(device).type == "cuda" or cpu_has_bf16()
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         return precision

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
 from sbssl.errors import SbsslError
@@ -43,7 +42,7 @@ def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = 
     """(cases, labels, ensemble-mean probability) of a run on a split, for the given cases (default: all)."""
     from sbssl.data.cache import slice_cache_for
     from sbssl.engine.inference import load_ensemble, predict_probs
-    from sbssl.engine.runtime import cpu_has_bf16
+    from sbssl.engine.runtime import inference_bf16
 
     ens = load_ensemble(run, device)
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
@@ -53,7 +52,7 @@ def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = 
     if missing:
         raise SbsslError(f"{run}: exam {missing[0]} of the {split} split not found under {root}")
     idx = np.array([where[c] for c in cases])
-    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    bf16 = inference_bf16(device)
     p = np.mean([predict_probs(m, cache, idx, ens.cfg, device, ens.cfg.finetune.batch_exams, autocast=bf16)
                  for m in ens.models], axis=0)
     return cases, np.array([records[i].label for i in idx]), p

@@ -1,4 +1,4 @@
-"""The files an evaluation writes: predictions.csv, metrics.json, roc.png (docs/design.md, "The run-folder contract")."""
+"""The files an evaluation writes: predictions.csv, metrics.json, roc.png (docs/design.md, run-folder contract)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sbssl.engine.inference import load_ensemble, predict_probs
-from sbssl.engine.runtime import cpu_has_bf16
+from sbssl.engine.runtime import inference_bf16
 from sbssl.evaluate.metrics import exam_metrics
 from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
 
@@ -25,7 +24,7 @@ def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> 
     cache, records = slice_cache_for(cfg, Path(root), split)
     y = np.array([r.label for r in records])
     exams = np.arange(len(records))
-    bf16 = torch.device(device).type == "cuda" or cpu_has_bf16()
+    bf16 = inference_bf16(device)
     probs = np.stack([predict_probs(m, cache, exams, cfg, device, cfg.finetune.batch_exams, autocast=bf16)
                       for m in ens.models])
     p = probs.mean(0)
