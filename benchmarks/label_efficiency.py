@@ -66,10 +66,9 @@ def seed_averaged_difference(runs_a: list[Path], runs_b: list[Path], reps: int =
 
 
 def plot(points: list[dict], path: Path, title: str) -> None:
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = sorted({p["labels"] for p in points})
@@ -90,7 +89,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 def main() -> None:

@@ -76,10 +76,9 @@ def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Ten
 def overlay_png(path: Path, slices: np.ndarray, maps: np.ndarray, weights: np.ndarray, indices: list[int],
                 title: str, n_total: int) -> None:
     """Chosen slices with attention overlaid, and a bar chart of slice weights."""
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = len(indices)
     fig = plt.figure(figsize=(2.3 * k + 2.6, 2.8))
@@ -99,10 +98,8 @@ def overlay_png(path: Path, slices: np.ndarray, maps: np.ndarray, weights: np.nd
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from sbssl.utils.io import atomic_write
 
-    atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
 
 
 def explain_exam(model: SliceClassifier, x_u8: torch.Tensor, lengths: torch.Tensor, cfg, block: int,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +73,9 @@ def _method(m: dict) -> str:
 
 
 def _curves_png(found: Found) -> bytes | None:
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     logs = [(p, p / "log.jsonl") for p in found.pretrain + found.finetune if (p / "log.jsonl").exists()]
     if not logs:
@@ -98,10 +96,7 @@ def _curves_png(found: Found) -> bytes | None:
         ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return save_png(fig, None, dpi=80)
 
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

@@ -240,10 +240,9 @@ def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:
 @torch.no_grad()
 def save_recon_grid(model: GMMLAutoencoder, step_fn: GMMLStep, x_u8: torch.Tensor, path: Path, seed: int) -> None:
     """Rows: original, corrupted, reconstruction, mask (as the paper's Fig. 4)."""
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     was_training = model.training
     model.eval()
@@ -272,6 +271,5 @@ def save_recon_grid(model: GMMLAutoencoder, step_fn: GMMLStep, x_u8: torch.Tenso
                 ax.set_ylabel(name, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=70, format="png"))
-    plt.close(fig)
+    save_png(fig, path, dpi=70)
 

@@ -12,7 +12,7 @@ import numpy as np
 from sbssl.engine.inference import load_ensemble, predict_probs
 from sbssl.engine.runtime import inference_bf16
 from sbssl.evaluate.metrics import exam_metrics
-from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from sbssl.utils.io import atomic_write_json, atomic_write_text
 
 
 def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> dict:
@@ -71,10 +71,9 @@ def read_predictions(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.ndarray, seeds: list,
              title: str, kind: str = "member") -> None:
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -89,8 +88,7 @@ def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.n
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=6, loc="lower right")
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
@@ -118,10 +116,9 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
 
 
 def _compare_plot(path: Path, boot: np.ndarray, res: dict) -> None:
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.hist(boot, bins=50, color="#4477aa", alpha=0.8)
@@ -133,8 +130,7 @@ def _compare_plot(path: Path, boot: np.ndarray, res: dict) -> None:
            title=f"95% CI [{res['ci95'][0]:+.3f}, {res['ci95'][1]:+.3f}]")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
-    plt.close(fig)
+    save_png(fig, path, dpi=90)
 
 
 def load_metrics(run: Path) -> dict:

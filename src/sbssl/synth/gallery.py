@@ -11,10 +11,9 @@ from sbssl.synth.exam import Labels, acl_slice, render_exam
 
 def acl_gallery(path: Path, pairs: int = 4, seed: int = 0, size: int = 256, difficulty: float = 0.5) -> Path:
     """Rows of sagittal slices through the ACL: intact (left) beside torn (right), varied severity."""
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(pairs, 2, figsize=(6, 3 * pairs), squeeze=False)
     for i in range(pairs):
@@ -30,16 +29,14 @@ def acl_gallery(path: Path, pairs: int = 4, seed: int = 0, size: int = 256, diff
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
     return path
 
 
 def meniscus_gallery(path: Path, pairs: int = 3, seed: int = 0, size: int = 256) -> Path:
-    import matplotlib
+    from sbssl.utils.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(pairs, 2, figsize=(6, 3 * pairs), squeeze=False)
     for i in range(pairs):
@@ -52,6 +49,5 @@ def meniscus_gallery(path: Path, pairs: int = 3, seed: int = 0, size: int = 256)
             axes[i, j].set_title(f"meniscal tear, slice {kk}", fontsize=8)
             axes[i, j].axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_png(fig, path, dpi=80)
     return Path(path)
