@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from sbssl.errors import SbsslError
+from sbssl.utils.rundir import CONFIG, METRICS
 
 log = logging.getLogger("sbssl")
 
@@ -137,7 +138,7 @@ def _model_data_root(a: argparse.Namespace) -> Path:
     """--data, else the dataset the model in --model was trained on."""
     if a.data:
         return Path(a.data)
-    cfg_path = Path(a.model) / "config.yaml"
+    cfg_path = Path(a.model) / CONFIG
     if cfg_path.is_file():
         from omegaconf import OmegaConf
 
@@ -237,7 +238,7 @@ def cmd_fuse(a: argparse.Namespace) -> None:
     from sbssl.utils.rundir import prepare_out
 
     out = Path(a.out)
-    prepare_out(out, a.overwrite, marker="metrics.json")
+    prepare_out(out, a.overwrite, marker=METRICS)
     m = fuse([Path(r) for r in a.runs], out, Path(a.data) if a.data else None, a.split)
     planes = ", ".join(f"{x['plane']} {x['auc']:.3f}" for x in m["member_metrics"])
     print(f"{out}: fused {m['task']} AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], "

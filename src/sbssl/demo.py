@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sbssl.config import load_config
+from sbssl.utils.rundir import ENCODER, METRICS
 
 log = logging.getLogger("sbssl")
 
@@ -66,7 +67,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str]
     pre = out / "pretrain"
     pre_args = [*size.pretrain, *extra]
     step("pretrain", f"sbssl pretrain --config pretrain/demo --data {data} --out {pre} {' '.join(pre_args)}")
-    if not (pre / "encoder.safetensors").exists():
+    if not (pre / ENCODER).exists():
         pretrain(load_config("pretrain/demo", pre_args), data, pre)
     runs = {"gmml": ["init=builtin:cpu"], "scratch": ["init=scratch", "finetune.ensemble=1"]}
     if size.cnn:
@@ -75,7 +76,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str]
         run = out / f"finetune-{name}"
         args = [*size.finetune, *runs_extra, *extra]
         step(f"finetune {name}", f"sbssl finetune --config finetune/demo --data {data} --out {run} {' '.join(args)}")
-        if not (run / "metrics.json").exists():
+        if not (run / METRICS).exists():
             finetune(load_config("finetune/demo", args), data, run)
     step("compare", f"sbssl compare {out / 'finetune-gmml'} {out / 'finetune-scratch'} --out {out / 'compare'}")
     cmp = compare_runs(out / "finetune-gmml", out / "finetune-scratch", out / "compare")

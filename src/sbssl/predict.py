@@ -17,9 +17,9 @@ from sbssl.data.volume_io import case_id, is_volume_path, load_volume
 from sbssl.engine.inference import Ensemble, compile_for_inference, gather_exams, load_ensemble, predict_probs
 from sbssl.engine.runtime import inference_bf16
 from sbssl.errors import DataError, SbsslError
-from sbssl.evaluate.fusion import FUSION_FILE
 from sbssl.evaluate.report_files import write_member_predictions, write_predictions
 from sbssl.explain import explain_exam
+from sbssl.utils.rundir import FUSION, PREDICTIONS
 
 log = logging.getLogger("sbssl")
 
@@ -51,7 +51,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
             block: int = 10, compile: bool = False) -> int:
     """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs.
     A fused run (`sbssl fuse`) takes exams as folders with sagittal/, coronal/ and axial/ series instead."""
-    if (Path(model_dir) / FUSION_FILE).is_file():
+    if (Path(model_dir) / FUSION).is_file():
         return predict_fused(model_dir, inputs, out, device)
     ens = load_ensemble(model_dir, device)
     bf16 = inference_bf16(device)
@@ -78,7 +78,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
             explain_exam(ens.models[0], x, lengths, ens.cfg, block, out / "overlays" / f"{name}.png",
                          f"{name}: P({ens.cfg.data.task}) = {p:.3f}", int(cache.offsets[-1]), device)
     if names:
-        write_predictions(out / "predictions.csv", names, np.array(probs), None, sort_by_probability=True)
+        write_predictions(out / PREDICTIONS, names, np.array(probs), None, sort_by_probability=True)
     return failed
 
 
@@ -111,7 +111,7 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
 
     from sbssl.evaluate.fusion import fused_probability
 
-    fusion = json.loads((Path(model_dir) / FUSION_FILE).read_text())
+    fusion = json.loads((Path(model_dir) / FUSION).read_text())
     planes = list(fusion["planes"])
     runs = {pl: load_ensemble(Path(r), device) for pl, r in zip(planes, fusion["runs"], strict=True)}
     bf16 = inference_bf16(device)
@@ -135,7 +135,7 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
     out.mkdir(parents=True, exist_ok=True)
     if names:
         cols = {pl: np.array(v) for pl, v in per_plane.items()}
-        write_predictions(out / "predictions.csv", names, fused_probability(fusion, cols), None,
+        write_predictions(out / PREDICTIONS, names, fused_probability(fusion, cols), None,
                           sort_by_probability=True)
         write_member_predictions(out / "predictions_planes.csv", names, np.stack([cols[pl] for pl in planes]),
                                  planes)

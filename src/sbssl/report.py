@@ -17,6 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from sbssl.utils.io import atomic_write_text
+from sbssl.utils.rundir import (
+    CHECKPOINTS,
+    COMPARE,
+    COMPARE_PLOT,
+    CONFIG,
+    ENCODER,
+    FUSION,
+    LOG,
+    METRICS,
+    PREDICTIONS,
+    ROC,
+)
 
 
 @dataclass
@@ -33,15 +45,15 @@ def discover(roots: list[Path]) -> Found:
     f = Found()
     for root in map(Path, roots):
         for p in sorted([root, *root.rglob("*")]):
-            if not p.is_dir() or ".sbssl-cache" in p.parts or "checkpoints" in p.parts:
+            if not p.is_dir() or ".sbssl-cache" in p.parts or CHECKPOINTS in p.parts:
                 continue
-            if (p / "metrics.json").exists() and (p / "config.yaml").exists() and any(p.glob("model-*.safetensors")):
+            if (p / METRICS).exists() and (p / CONFIG).exists() and any(p.glob("model-*.safetensors")):
                 f.finetune.append(p)
-            if (p / "encoder.safetensors").exists():
+            if (p / ENCODER).exists():
                 f.pretrain.append(p)
-            if (p / "compare.json").exists():
+            if (p / COMPARE).exists():
                 f.compare.append(p)
-            if (p / "metrics.json").exists() and (p / "fusion.json").exists():
+            if (p / METRICS).exists() and (p / FUSION).exists():
                 f.fused.append(p)
             if p.name == "explain":
                 f.overlays.extend(sorted(p.glob("*.png")))
@@ -77,7 +89,7 @@ def _curves_png(found: Found) -> bytes | None:
 
     plt = pyplot()
 
-    logs = [(p, p / "log.jsonl") for p in found.pretrain + found.finetune if (p / "log.jsonl").exists()]
+    logs = [(p, p / LOG) for p in found.pretrain + found.finetune if (p / LOG).exists()]
     if not logs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -119,7 +131,7 @@ def build_report(roots: list[Path], out: Path, title: str = "sbssl report") -> P
     parts.append(_by_tear_type(found))
     parts.append(_grid(found))
     parts.append(_comparison(found))
-    rocs = [(r, r / "roc.png") for r in found.finetune if (r / "roc.png").exists()]
+    rocs = [(r, r / ROC) for r in found.finetune if (r / ROC).exists()]
     if rocs:
         parts.append("<h2>ROC curves (members and ensemble)</h2><div class='grid'>" + "".join(
             f"<figure>{_img(p, f'ROC {r.name}')}<figcaption>{html.escape(r.name)}</figcaption></figure>"
@@ -147,9 +159,9 @@ def build_report(roots: list[Path], out: Path, title: str = "sbssl report") -> P
 def _table(found: Found) -> str:
     """Every run on the first run's task, plane and split (the grid holds the others)."""
     rows = []
-    first = json.loads((found.finetune[0] / "metrics.json").read_text()) if found.finetune else {}
+    first = json.loads((found.finetune[0] / METRICS).read_text()) if found.finetune else {}
     for run in found.finetune:
-        m = json.loads((run / "metrics.json").read_text())
+        m = json.loads((run / METRICS).read_text())
         if (m["task"], m["plane"], m["split"]) != (first["task"], first["plane"], first["split"]):
             continue
         lo, hi = m["auc_ci95"]
@@ -174,7 +186,7 @@ def _grid(found: Found) -> str:
         return ""
     cells: dict[tuple[str, str], dict] = {}
     for run in found.finetune + found.fused:
-        m = json.loads((run / "metrics.json").read_text())
+        m = json.loads((run / METRICS).read_text())
         col = "fused" if run in found.fused else m["plane"]
         cells.setdefault((m["task"], col), m)  # the first run found for a cell
     tasks = sorted({t for t, _ in cells})
@@ -202,12 +214,12 @@ def _by_tear_type(found: Found) -> str:
 
     rows = []
     for run in found.finetune:
-        m = json.loads((run / "metrics.json").read_text())
-        root = OmegaConf.load(run / "config.yaml").data.get("root", "")
+        m = json.loads((run / METRICS).read_text())
+        root = OmegaConf.load(run / CONFIG).data.get("root", "")
         findings = read_findings(Path(root), m["split"]) if root and m.get("task") == "acl" else None
-        if not findings or not (run / "predictions.csv").exists():
+        if not findings or not (run / PREDICTIONS).exists():
             continue
-        sens = sensitivity_by_tear_type(run / "predictions.csv", findings)
+        sens = sensitivity_by_tear_type(run / PREDICTIONS, findings)
         cells = "".join(f"<td>{sens[k][0]:.2f} ({sens[k][1]})</td>" if k in sens else "<td>-</td>"
                         for k in TEAR_TYPES)
         rows.append(f"<tr><td>{html.escape(_method(m))}</td><td>{html.escape(run.name)}</td>{cells}</tr>")
@@ -223,15 +235,15 @@ def _by_tear_type(found: Found) -> str:
 def _comparison(found: Found) -> str:
     out = []
     for c in found.compare:
-        r = json.loads((c / "compare.json").read_text())
+        r = json.loads((c / COMPARE).read_text())
         lo, hi = r["ci95"]
         verdict = "above zero" if lo > 0 else ("below zero" if hi < 0 else "includes zero")
         out.append(f"<h2>Paired AUC difference: {html.escape(Path(r['run_a']).name)} - "
                    f"{html.escape(Path(r['run_b']).name)}</h2><p><b>{r['difference']:+.3f}</b> "
                    f"(95% paired bootstrap CI [{lo:+.3f}, {hi:+.3f}], {verdict}; one-sided p = "
                    f"{r['p_value_one_sided']:.3f}; n = {r['n']}, {r['reps']} resamples)</p>")
-        if (c / "compare.png").exists():
-            out.append(_img(c / "compare.png", "paired bootstrap", "520px"))
+        if (c / COMPARE_PLOT).exists():
+            out.append(_img(c / COMPARE_PLOT, "paired bootstrap", "520px"))
     return "".join(out)
 
 

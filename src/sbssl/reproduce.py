@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sbssl.data.layout import PLANES
 from sbssl.errors import SbsslError
+from sbssl.utils.rundir import ENCODER, METRICS
 
 log = logging.getLogger("sbssl")
 
@@ -47,7 +48,7 @@ class Step:
 
     @property
     def marker(self) -> Path:
-        return self.out / ("encoder.safetensors" if self.kind == "pretrain" else "metrics.json")
+        return self.out / (ENCODER if self.kind == "pretrain" else METRICS)
 
     def done(self) -> bool:
         return self.marker.exists()
@@ -144,7 +145,7 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None) -> li
             if cpu:
                 runs.append(finetune(f"grid/{task}-{plane}", ft_cfg, [*cnn, *where], "cnn", 1))
             else:
-                enc = out / "pretrain" / f"{plane}-vit_small" / "encoder.safetensors"
+                enc = out / "pretrain" / f"{plane}-vit_small" / ENCODER
                 runs.append(finetune(f"grid/{task}-{plane}", ft_cfg, [f"init={enc}", *where]))
         steps.append(Step(f"fuse {task}", "fuse", out / "grid" / f"{task}-fused", runs=runs,
                           seconds=3 * sz.train * 0.4 / rate["vit"]))
@@ -223,7 +224,7 @@ def grid_summary(out: Path) -> dict:
     grid: dict[str, dict] = {}
     for task in GRID_TASKS:
         for col in (*PLANES, "fused"):
-            m = Path(out) / "grid" / f"{task}-{col}" / "metrics.json"
+            m = Path(out) / "grid" / f"{task}-{col}" / METRICS
             if m.exists():
                 d = json.loads(m.read_text())
                 grid.setdefault(task, {})[col] = {"auc": d["auc"], "auc_ci95": d["auc_ci95"]}

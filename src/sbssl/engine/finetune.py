@@ -43,9 +43,10 @@ from sbssl.errors import SbsslError
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.progress import progress
+from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, SPLIT, model_file
 
 log = logging.getLogger("sbssl")
-FINISHED = "metrics.json"
+FINISHED = METRICS
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +106,12 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     used = labelled_subset(labels, cfg.finetune.labels, cfg.train.seed)
     fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
     if rank0:
-        atomic_write_text(out / "config.yaml", to_yaml(cfg))
-        atomic_write_text(out / "split.json", json.dumps({"fit": [records[i].case for i in fit],
+        atomic_write_text(out / CONFIG, to_yaml(cfg))
+        atomic_write_text(out / SPLIT, json.dumps({"fit": [records[i].case for i in fit],
                                                           "held_out": [records[i].case for i in held]}) + "\n")
     for m in range(cfg.finetune.ensemble):
         seed = cfg.train.seed + m
-        path = out / f"model-{seed}.safetensors"
+        path = out / model_file(seed)
         if path.exists():
             continue
         state, info = train_member(cfg, fabric, cache, labels, fit, held, seed, init, out)
@@ -148,11 +149,11 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     opt = torch.optim.AdamW(groups, lr=lr)
     model_f, opt_f = fabric.setup(model, opt)
     augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
-    ck_dir = out / "checkpoints" / f"member-{seed}"
+    ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
     done = -1 if st is None else st["epoch"]
     if rank == 0:
-        trim_jsonl(out / "log.jsonl", lambda rec: rec.get("member") != seed or rec.get("epoch", done + 1) <= done)
+        trim_jsonl(out / LOG, lambda rec: rec.get("member") != seed or rec.get("epoch", done + 1) <= done)
     start, step, best = 0, 0, {"auc": -1.0, "epoch": -1, "state": None}
     if st is not None:
         model.load_state_dict(st["model"])
@@ -226,7 +227,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
             rec = {"member": seed, "epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
                    "heldout_auc": auc, "best_epoch": best["epoch"],
                    "exams_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
-            with open(out / "log.jsonl", "a") as f:
+            with open(out / LOG, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             ckpt.save_checkpoint(ck_dir, {"model": model.state_dict(), "optimizer": opt_f.state_dict(),
                                           "epoch": epoch, "step": step, "rng": ckpt.rng_state(),

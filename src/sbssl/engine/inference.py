@@ -17,6 +17,7 @@ from sbssl.data.cache import SliceCache
 from sbssl.errors import SbsslError
 from sbssl.models.slice_classifier import MRNetCNN, SliceClassifier
 from sbssl.models.vit import create_encoder
+from sbssl.utils.rundir import CONFIG, ENCODER
 
 
 def build_classifier(cfg: DictConfig) -> SliceClassifier:
@@ -52,7 +53,7 @@ def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Pa
     else:
         path = Path(init)
     if path.is_dir():
-        path = path / "encoder.safetensors"
+        path = path / ENCODER
     sd, meta = read_safetensors(path)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # shipped encoders are fp16
     if meta.get("format") != "sbssl-gmml-encoder":
@@ -85,7 +86,7 @@ class Ensemble:
 
 def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
     run = Path(run)
-    cfg_path = run / "config.yaml"
+    cfg_path = run / CONFIG
     if not cfg_path.is_file():
         raise SbsslError(f"{run}: not a fine-tuned run (no config.yaml)")
     try:

@@ -33,9 +33,10 @@ from sbssl.models.vit import create_encoder, encoder_meta
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.progress import progress
+from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG
 
 log = logging.getLogger("sbssl")
-FINISHED = "encoder.safetensors"
+FINISHED = ENCODER
 
 
 class GMMLStep:
@@ -115,7 +116,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                total, warmup=min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2))
     start_epoch = _restore(run)
     if start_epoch == 0 and rank0:
-        atomic_write_text(out / "config.yaml", to_yaml(cfg))
+        atomic_write_text(out / CONFIG, to_yaml(cfg))
     # the middle slice of six exams spread over the set: the same images in every grid
     exams = np.linspace(0, cache.n_exams - 1, 6).round().astype(int)
     fixed = torch.from_numpy(cache.data[(cache.offsets[exams] + cache.offsets[exams + 1]) // 2])[:, None]
@@ -124,13 +125,13 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
             break
         rec = _pretrain_epoch(run, epoch)
         if rank0:
-            with open(out / "log.jsonl", "a") as f:
+            with open(out / LOG, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             last = epoch == cfg.train.epochs - 1 or run.step >= total
             if cfg.train.recon_every > 0 and ((epoch + 1) % cfg.train.recon_every == 0 or last):
                 save_recon_grid(model, run.step_fn, fixed.to(fabric.device),
                                 out / "recon" / f"epoch_{epoch + 1:04d}.png", cfg.train.seed)
-            ckpt.save_checkpoint(out / "checkpoints", {
+            ckpt.save_checkpoint(out / CHECKPOINTS, {
                 "model": model.state_dict(), "optimizer": opt_f.state_dict(), "epoch": epoch, "step": run.step,
                 "rng": ckpt.rng_state(), "loss": rec["loss"]})
         fabric.barrier()
@@ -143,10 +144,10 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
 
 def _restore(run: _Run) -> int:
     """Load the run folder's checkpoint, if any; returns the epoch to start from."""
-    state = ckpt.load_checkpoint(run.out / "checkpoints")
+    state = ckpt.load_checkpoint(run.out / CHECKPOINTS)
     done = -1 if state is None else state["epoch"]
     if run.fabric.global_rank == 0:
-        trim_jsonl(run.out / "log.jsonl", lambda rec: rec.get("epoch", done + 1) <= done)
+        trim_jsonl(run.out / LOG, lambda rec: rec.get("epoch", done + 1) <= done)
     if state is None:
         return 0
     run.model.load_state_dict(state["model"])

@@ -18,19 +18,18 @@ from sbssl.errors import SbsslError
 from sbssl.evaluate.metrics import exam_metrics
 from sbssl.evaluate.report_files import roc_plot, write_member_predictions, write_predictions
 from sbssl.utils.io import atomic_write_json
-
-FUSION_FILE = "fusion.json"
+from sbssl.utils.rundir import CONFIG, FUSION, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC, SPLIT
 
 
 def run_config(run: Path):
-    path = Path(run) / "config.yaml"
+    path = Path(run) / CONFIG
     if not path.is_file():
         raise SbsslError(f"{run}: not a fine-tuned run (no config.yaml)")
     return OmegaConf.load(path)
 
 
 def held_out_cases(run: Path) -> list[str]:
-    path = Path(run) / "split.json"
+    path = Path(run) / SPLIT
     try:
         return list(json.loads(path.read_text())["held_out"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -112,14 +111,14 @@ def fuse(runs: list[Path], out: Path, root: Path | None = None, split: str = "va
                "aggregator": "logistic regression over planes",
                "member_metrics": [{"plane": pl, **exam_metrics(y, q)} for pl, q in zip(planes, probs, strict=True)]}
     out = Path(out)
-    write_predictions(out / "predictions.csv", cases, fused, y)
-    write_member_predictions(out / "predictions_members.csv", cases, probs, planes)
-    roc_plot(out / "roc.png", y, probs, fused, planes, f"{task} / fused / {split}", kind="plane")
-    atomic_write_json(out / FUSION_FILE, {
+    write_predictions(out / PREDICTIONS, cases, fused, y)
+    write_member_predictions(out / MEMBER_PREDICTIONS, cases, probs, planes)
+    roc_plot(out / ROC, y, probs, fused, planes, f"{task} / fused / {split}", kind="plane")
+    atomic_write_json(out / FUSION, {
         "task": task, "planes": planes, "runs": [str(r.resolve()) for r in runs], "root": str(root),
         "weights": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]), "features": "plane probabilities",
         "fitted_on": {"split": "train (held-out part)", "n": len(held), "positives": int(y_fit.sum())}})
-    atomic_write_json(out / "metrics.json", metrics)  # written last: marks a finished fusion
+    atomic_write_json(out / METRICS, metrics)  # written last: marks a finished fusion
     return metrics
 
 

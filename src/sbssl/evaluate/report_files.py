@@ -13,6 +13,7 @@ from sbssl.engine.inference import load_ensemble, predict_probs
 from sbssl.engine.runtime import inference_bf16
 from sbssl.evaluate.metrics import exam_metrics
 from sbssl.utils.io import atomic_write_json, atomic_write_text
+from sbssl.utils.rundir import COMPARE, COMPARE_PLOT, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC
 
 
 def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> dict:
@@ -33,10 +34,10 @@ def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> 
                "aggregator": cfg.finetune.aggregator if cfg.model.name != "mrnet_cnn" else "max",
                "member_metrics": [{"seed": s, **exam_metrics(y, q)} for s, q in zip(ens.seeds, probs, strict=True)]}
     out = Path(out)
-    write_predictions(out / "predictions.csv", [r.case for r in records], p, y)
-    write_member_predictions(out / "predictions_members.csv", [r.case for r in records], probs, ens.seeds)
-    atomic_write_json(out / "metrics.json", metrics)
-    roc_plot(out / "roc.png", y, probs, p, ens.seeds, f"{cfg.data.task} / {cfg.data.plane} / {split}")
+    write_predictions(out / PREDICTIONS, [r.case for r in records], p, y)
+    write_member_predictions(out / MEMBER_PREDICTIONS, [r.case for r in records], probs, ens.seeds)
+    atomic_write_json(out / METRICS, metrics)
+    roc_plot(out / ROC, y, probs, p, ens.seeds, f"{cfg.data.task} / {cfg.data.plane} / {split}")
     return metrics
 
 
@@ -96,7 +97,7 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
     from sbssl.errors import SbsslError
     from sbssl.evaluate.metrics import paired_auc_difference
 
-    pa, pb = Path(run_a) / "predictions.csv", Path(run_b) / "predictions.csv"
+    pa, pb = Path(run_a) / PREDICTIONS, Path(run_b) / PREDICTIONS
     for p in (pa, pb):
         if not p.is_file():
             raise SbsslError(f"{p}: not found (evaluate the run first)")
@@ -110,8 +111,8 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
     res.update({"run_a": str(run_a), "run_b": str(run_b)})
     out = Path(out)
     boot = np.array(res.pop("bootstrap"))
-    atomic_write_json(out / "compare.json", res)
-    _compare_plot(out / "compare.png", boot, res)
+    atomic_write_json(out / COMPARE, res)
+    _compare_plot(out / COMPARE_PLOT, boot, res)
     return res
 
 
@@ -134,4 +135,4 @@ def _compare_plot(path: Path, boot: np.ndarray, res: dict) -> None:
 
 
 def load_metrics(run: Path) -> dict:
-    return json.loads((Path(run) / "metrics.json").read_text())
+    return json.loads((Path(run) / METRICS).read_text())

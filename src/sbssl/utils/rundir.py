@@ -9,6 +9,25 @@ from pathlib import Path
 
 from sbssl.errors import SbsslError
 
+# The files of a run folder (docs/design.md, "The run-folder contract"): one name each, used by every writer and
+# reader.
+CONFIG = "config.yaml"  # the config as run
+LOG = "log.jsonl"  # one record per epoch
+CHECKPOINTS = "checkpoints"  # resumable state (last.pt), per member for fine-tuning
+ENCODER = "encoder.safetensors"  # a pretraining's product and finished marker
+SPLIT = "split.json"  # fine-tuning's fit / held-out train exams
+METRICS = "metrics.json"  # an evaluation's summary and finished marker
+PREDICTIONS = "predictions.csv"  # case,probability,label
+MEMBER_PREDICTIONS = "predictions_members.csv"  # one column per ensemble member (or fused plane)
+ROC = "roc.png"
+COMPARE, COMPARE_PLOT = "compare.json", "compare.png"
+FUSION = "fusion.json"  # a plane fusion's weights
+
+
+def model_file(seed: int) -> str:
+    return f"model-{seed}.safetensors"
+
+
 
 def prepare_out(out: Path, overwrite: bool, marker: str) -> None:
     """Create `out`; refuse when it holds a finished run (its `marker` file) unless overwrite."""
