@@ -247,13 +247,14 @@ def cmd_fuse(a: argparse.Namespace) -> None:
 
 def cmd_reproduce(a: argparse.Namespace) -> None:
     from sbssl.config import load_config
+    from sbssl.data.layout import PLANES
     from sbssl.reproduce import GRID_TASKS, reproduce
 
     load_config(None, a.overrides)  # a bad override is refused before anything runs
     s = reproduce(Path(a.out), Path(a.data) if a.data else None, a.scale, a.overrides, a.dry_run)
     if not s:
         return
-    cols = ["sagittal", "coronal", "axial", "fused"]
+    cols = [*PLANES, "fused"]
     print(f"\n{'task':10s}" + "".join(f"{c:>24s}" for c in cols))
     for t in GRID_TASKS:
         row = s["grid"].get(t, {})

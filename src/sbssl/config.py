@@ -14,6 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sbssl.data.layout import PLANES, TASKS
 from sbssl.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -120,8 +121,8 @@ class Config:
 
 
 CHOICES = {
-    "data.plane": ("sagittal", "coronal", "axial"),
-    "data.task": ("acl", "meniscus", "abnormal"),
+    "data.plane": PLANES,
+    "data.task": TASKS,
     "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
     "finetune.aggregator": ("concat", "max", "mean", "attention"),
     "finetune.select": ("auc", "last"),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sbssl.data.layout import PLANES
 from sbssl.utils.io import atomic_write_text
 from sbssl.utils.rundir import (
     CHECKPOINTS,
@@ -190,7 +191,7 @@ def _grid(found: Found) -> str:
         col = "fused" if run in found.fused else m["plane"]
         cells.setdefault((m["task"], col), m)  # the first run found for a cell
     tasks = sorted({t for t, _ in cells})
-    cols = [c for c in ("sagittal", "coronal", "axial", "fused") if any((t, c) in cells for t in tasks)]
+    cols = [c for c in (*PLANES, "fused") if any((t, c) in cells for t in tasks)]
 
     def cell(t: str, c: str) -> str:
         m = cells.get((t, c))

@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sbssl.data.layout import PLANES
+from sbssl.data.layout import PLANES, TASKS
 from sbssl.errors import SbsslError
 from sbssl.utils.rundir import ENCODER, METRICS
 
 log = logging.getLogger("sbssl")
 
-GRID_TASKS = ("abnormal", "acl", "meniscus")  # MRNet's order; its competition ranks by their mean AUC
+GRID_TASKS = TASKS  # the MRNet competition ranks by their mean AUC
 # Seconds per unit of work measured on a 2-core AMD EPYC with AVX512-BF16 (bf16 autocast), CPU recipes at 32 px:
 # GMML ViT-T pretraining ~55 slices/s; ViT-T fine-tuning ~7.5 exams/s (8 slices each); the CNN ~4x faster.
 # Paper scale: the scaling benchmark's ViT-S at 256 px on one H100 (~3,000 img/s pretraining).

@@ -23,7 +23,7 @@ import numpy as np
 
 from sbssl.data.volume_io import check_volume
 from sbssl.errors import DataError
-from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from sbssl.utils.io import atomic_write_json, atomic_write_text, save_npy_atomic
 
 log = logging.getLogger("sbssl")
 
@@ -208,7 +208,7 @@ def import_kneemri(src: Path, dst: Path, task: str = "injury", valid_fraction: f
         split = "valid" if r.exam in valid else "train"
         out = dst / split / f"{r.case}.npy"
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda tmp, v=vol: _save_npy(tmp, v))
+        save_npy_atomic(out, vol)
         per_split[split].append((r, box))
     for split, items in per_split.items():
         if not items:
@@ -223,7 +223,3 @@ def import_kneemri(src: Path, dst: Path, task: str = "injury", valid_fraction: f
     atomic_write_json(dst / "import.json", summary)  # written last: marks a finished import
     return summary
 
-
-def _save_npy(path: Path, vol: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save would append .npy to a bare name
-        np.save(f, vol, allow_pickle=False)

@@ -16,8 +16,8 @@ from pathlib import Path
 from sbssl.data.volume_io import case_id, is_volume_path
 from sbssl.errors import DataError
 
-PLANES = ("sagittal", "coronal", "axial")
-TASKS = ("acl", "meniscus", "abnormal")
+PLANES = ("sagittal", "coronal", "axial")  # MRNet's three series per exam
+TASKS = ("abnormal", "acl", "meniscus")  # MRNet's three labels, in its order
 SPLITS = ("train", "valid")
 log = logging.getLogger("sbssl")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sbssl.data.layout import PLANES, TASKS
 from sbssl.evaluate.findings import FINDINGS_DIR  # beside train/ and valid/; layout readers never look in it
-from sbssl.synth.exam import PLANES, Labels, findings_row, render_exam
+from sbssl.synth.exam import Labels, findings_row, render_exam
 from sbssl.utils.io import atomic_write_text, save_npy_atomic
 from sbssl.utils.progress import progress
 
-TASKS = ("abnormal", "acl", "meniscus")
 # MRNet-v1.0 prevalences: train 913 / 208 / 397 of 1130, valid 95 / 54 / 52 of 120.
 PREVALENCE = {"train": {"abnormal": 913 / 1130, "acl": 208 / 1130, "meniscus": 397 / 1130},
               "valid": {"abnormal": 95 / 120, "acl": 54 / 120, "meniscus": 52 / 120}}

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sbssl.data.layout import PLANES
 from sbssl.synth.anatomy import Findings, Knee, paint_knee, sample_knee
 from sbssl.synth.appearance import render_signal
 from sbssl.synth.geometry import Canvas, SliceGrid
 
-PLANES = ("sagittal", "coronal", "axial")
 # MRNet's slice-count ranges per plane and split (valid sagittal is narrower).
 SLICE_RANGES = {
     ("train", "sagittal"): (17, 51), ("valid", "sagittal"): (21, 45),
