@@ -48,11 +48,12 @@ def timeit_interleaved(fns: list, warmup: int = 2, repeats: int = 5, sync=None) 
 def gmml_train_step(cfg, dev: torch.device, x_u8: torch.Tensor, bf16: bool, compile: bool = False):
     """One full GMML step as the engine runs it (augment + corrupt + encoder + decoder + masked L1 + AdamW),
     as a closure over a fresh model, for timing."""
-    from sbssl.engine.pretrain import GMMLStep, build_model
+    from sbssl.engine.pretrain import GMMLStep
+    from sbssl.models.build import build_gmml
     from sbssl.models.gmml import masked_l1
     from sbssl.utils.draw import Draw
 
-    gmml = build_model(cfg).to(dev)
+    gmml = build_gmml(cfg).to(dev)
     opt = torch.optim.AdamW(gmml.parameters(), lr=1e-4)
     step_fn = GMMLStep(cfg, 0.3, 0.25)
     fwd = torch.compile(gmml) if compile else gmml

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record, timeit  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
-from sbssl.engine.inference import build_classifier  # noqa: E402
+from sbssl.models.build import build_classifier  # noqa: E402
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
 from sbssl.engine.finetune import finetune, labelled_subset, oversampled_order, stratified_holdout
-from sbssl.engine.inference import apply_encoder_meta, build_classifier, encoder_init
+from sbssl.engine.inference import apply_encoder_meta, encoder_init
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
+from sbssl.models.build import build_classifier
 from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier, resample_index
 from sbssl.models.vit import create_encoder
 

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from sbssl.config import load_config
 from sbssl.engine import checkpoint as ckpt
-from sbssl.engine.pretrain import build_model, pretrain
+from sbssl.engine.pretrain import pretrain
+from sbssl.models.build import build_gmml
 from sbssl.models.gmml import masked_l1, skip_indices
 
 from .conftest import run_cli
@@ -39,7 +40,7 @@ def test_masked_l1_ignores_unmasked_pixels():
 def test_skip_blocks_are_the_configured_ones(monkeypatch):
     cfg = load_config(None, ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8",
                              "model.skip_blocks=[2,5,12]"])
-    model = build_model(cfg).eval()
+    model = build_gmml(cfg).eval()
     assert model.skip == [1, 4, 11]
     seen = {}
     for i, blk in enumerate(model.encoder.blocks):

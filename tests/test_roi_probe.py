@@ -13,9 +13,10 @@ from sbssl.augment import SliceAugment, flip_probability
 from sbssl.config import load_config
 from sbssl.data.cache import prepare_volume, roi
 from sbssl.engine.finetune import finetune
-from sbssl.engine.inference import build_classifier, encoder_init, load_ensemble
+from sbssl.engine.inference import encoder_init, load_ensemble
 from sbssl.errors import SbsslError
-from sbssl.models.vit import create_encoder, slice_features
+from sbssl.models.build import build_classifier
+from sbssl.models.vit import create_encoder, set_slice_feature
 from sbssl.predict import predict
 
 from .conftest import FT
@@ -52,10 +53,12 @@ def test_flip_only_where_the_mirror_is_left_right():
 def test_slice_features(kind: str):
     torch.manual_seed(0)
     enc = create_encoder("vit_tiny", 16, 4, 1, 0.0).eval()
+    torch.nn.init.normal_(enc.norm.weight)  # a trained norm: pooling before or after it would differ
+    torch.nn.init.normal_(enc.norm.bias)
     x = torch.randn(3, 1, 16, 16)
-    f = slice_features(enc, x, kind)
+    f = set_slice_feature(enc, kind)(x)
     assert f.shape == (3, enc.embed_dim)
-    tokens = enc.norm(enc.forward_features(x))
+    tokens = enc.forward_features(x)  # the blocks, then the final norm
     want = {"cls": tokens[:, 0], "max": tokens[:, 1:].amax(1), "mean": tokens[:, 1:].mean(1)}[kind]
     assert torch.allclose(f, want, atol=1e-5)
 
@@ -65,7 +68,7 @@ def test_conv_stem_gives_one_token_per_patch_and_trains():
     enc = create_encoder("vit_tiny", 32, 4, 1, 0.0, stem="conv")
     x = torch.randn(2, 1, 32, 32)
     assert enc.forward_features(x).shape == (2, 1 + 64, enc.embed_dim)
-    slice_features(enc, x, "max").sum().backward()
+    set_slice_feature(enc, "max")(x).sum().backward()
     assert enc.patch_embed.proj[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="power-of-two"):
         create_encoder("vit_tiny", 24, 6, 1, 0.0, stem="conv")

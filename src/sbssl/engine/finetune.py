@@ -28,7 +28,6 @@ from sbssl.data.cache import slice_cache_for
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
     apply_encoder_meta,
-    build_classifier,
     config_json,
     encoder_init,
     gather_exams,
@@ -40,6 +39,7 @@ from sbssl.engine.inference import (
 from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everything
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
+from sbssl.models.build import build_classifier
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.progress import progress

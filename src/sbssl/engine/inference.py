@@ -15,18 +15,9 @@ from safetensors.torch import load_file, safe_open
 from sbssl.config import load_config
 from sbssl.data.cache import SliceCache
 from sbssl.errors import SbsslError
-from sbssl.models.slice_classifier import MRNetCNN, SliceClassifier
-from sbssl.models.vit import create_encoder
+from sbssl.models.build import build_classifier
+from sbssl.models.slice_classifier import SliceClassifier
 from sbssl.utils.rundir import CONFIG, ENCODER
-
-
-def build_classifier(cfg: DictConfig) -> SliceClassifier:
-    m = cfg.model
-    if m.name == "mrnet_cnn":
-        return SliceClassifier(MRNetCNN(m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices, linear_head=True)
-    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem)
-    return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices, m.grad_checkpointing,
-                           slice_feature=cfg.finetune.slice_feature)
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

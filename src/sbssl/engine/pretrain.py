@@ -28,8 +28,9 @@ from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everyt
 from sbssl.engine.schedules import apply_schedule, cosine, param_groups
 from sbssl.errors import SbsslError
 from sbssl.masking import GroupMasking
+from sbssl.models.build import build_gmml
 from sbssl.models.gmml import GMMLAutoencoder, masked_l1
-from sbssl.models.vit import create_encoder, encoder_meta
+from sbssl.models.vit import encoder_meta
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.progress import progress
@@ -55,12 +56,6 @@ class GMMLStep:
             x = x.expand(-1, self.in_chans, -1, -1)
         corrupted, mask = self.masking(x, draw)
         return x, corrupted, mask
-
-
-def build_model(cfg: DictConfig) -> GMMLAutoencoder:
-    m = cfg.model
-    enc = create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem)
-    return GMMLAutoencoder(enc, list(m.skip_blocks), m.decoder_dim, m.grad_checkpointing)
 
 
 def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
@@ -103,7 +98,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if steps_per_epoch == 0:
         raise SbsslError(f"{root}: {len(dataset)} slices are fewer than one global batch ({global_batch})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg)
+    model = build_gmml(cfg)
     torch.manual_seed(cfg.train.seed + fabric.global_rank)
     lr = cfg.train.lr * global_batch / 256
     model_f, opt_f = fabric.setup(model, torch.optim.AdamW(param_groups(model), lr=lr))

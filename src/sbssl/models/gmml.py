@@ -51,10 +51,10 @@ class GMMLAutoencoder(nn.Module):
         pe = encoder.patch_embed
         self.grid = pe.grid_size
         self.head = ReconstructionHead(encoder.embed_dim, pe.patch_size[0], in_chans_of(encoder), decoder_dim)
-        self.checkpointing = checkpointing
+        encoder.set_grad_checkpointing(checkpointing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = block_outputs(self.encoder, x, self.skip, self.checkpointing)
+        outs = block_outputs(self.encoder, x, self.skip)
         tokens = self.encoder.norm(torch.stack(outs).mean(0))
         return self.head(tokens[:, self.encoder.num_prefix_tokens:], self.grid)
 

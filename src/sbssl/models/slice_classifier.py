@@ -12,8 +12,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from sbssl.models.vit import slice_features
-
 
 def resample_index(lengths: torch.Tensor, f: int) -> torch.Tensor:
     """Flat indices (B * f) picking f evenly spaced slices of each exam (repeats when n < f)."""
@@ -101,11 +99,10 @@ class MRNetCNN(nn.Module):
 class SliceClassifier(nn.Module):
     """Encoder per slice -> aggregator over slices -> head: exam-level logits (B, 2)."""
 
-    def __init__(self, encoder: nn.Module, aggregator: str = "concat", slices: int = 32,
-                 checkpointing: bool = False, linear_head: bool = False, slice_feature: str = "cls"):
+    def __init__(self, encoder: nn.Module, aggregator: str = "concat", slices: int = 32, linear_head: bool = False):
+        """encoder: (N, C, H, W) -> (N, K) slice features with `embed_dim` = K (models/build.py makes one)."""
         super().__init__()
-        self.slice_feature = slice_feature
-        self.encoder, self.aggregator_name, self.checkpointing = encoder, aggregator, checkpointing
+        self.encoder, self.aggregator_name = encoder, aggregator
         if aggregator == "concat" and slices < 1:
             raise ValueError("the concat aggregator needs a fixed number of slices (slices >= 1)")
         self.slices = slices
@@ -124,9 +121,8 @@ class SliceClassifier(nn.Module):
         return None
 
     def slice_features(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.encoder, MRNetCNN):
-            return self.encoder(x)
-        return slice_features(self.encoder, x, self.slice_feature, self.checkpointing)
+        """(B * slices, K): what the encoder returns per slice (a ViT's pooled tokens, the CNN's pooled map)."""
+        return self.encoder(x)
 
     def forward(self, slices: torch.Tensor, lengths: torch.Tensor, return_weights: bool = False,
                 from_features: bool = False):

@@ -65,35 +65,25 @@ def in_chans_of(encoder: VisionTransformer) -> int:
     return (proj[0] if isinstance(proj, nn.Sequential) else proj).in_channels
 
 
-def block_outputs(encoder: VisionTransformer, x: torch.Tensor, keep: list[int],
-                  checkpointing: bool = False) -> list[torch.Tensor]:
-    """Token outputs (B, 1 + N, D) of the blocks with 0-based indices in `keep`."""
-    x = encoder.patch_embed(x)
-    x = encoder._pos_embed(x)
-    x = encoder.patch_drop(x)
-    x = encoder.norm_pre(x)
-    outs = []
-    last = max(keep)
-    for i, blk in enumerate(encoder.blocks[: last + 1]):
-        if checkpointing and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = blk(x)
-        if i in keep:
-            outs.append(x)
-    return outs
+def block_outputs(encoder: VisionTransformer, x: torch.Tensor, keep: list[int]) -> list[torch.Tensor]:
+    """Token outputs (B, 1 + N, D) of the blocks with 0-based indices in `keep` (timm's forward_intermediates;
+    gradient checkpointing follows `encoder.set_grad_checkpointing`)."""
+    patches, prefix = zip(*encoder.forward_intermediates(x, indices=keep, return_prefix_tokens=True,
+                                                          stop_early=True, output_fmt="NLC",
+                                                          intermediates_only=True), strict=True)
+    return [torch.cat([c, t], 1) for c, t in zip(prefix, patches, strict=True)]
 
 
-def slice_features(encoder: VisionTransformer, x: torch.Tensor, kind: str = "cls",
-                   checkpointing: bool = False) -> torch.Tensor:
-    """One feature (B, D) per slice from the final, normed tokens: the class token (the paper's), or the max or
-    mean over the patch tokens. A tear fills one or two patch tokens of one or two slices; the max gives that
-    token a direct path to the exam's logit (multiple-instance pooling within the slice, as the max over
-    slices does across them), where the class token must first learn to attend to it."""
-    depth = len(encoder.blocks)
-    (tokens,) = block_outputs(encoder, x, [depth - 1], checkpointing)
-    tokens = encoder.norm(tokens)
-    if kind == "cls":
-        return tokens[:, 0]
-    patches = tokens[:, encoder.num_prefix_tokens:]
-    return patches.amax(1) if kind == "max" else patches.mean(1)
+POOLS = {"cls": "token", "max": "max", "mean": "avg"}  # slice feature -> timm's global pool
+
+
+def set_slice_feature(encoder: VisionTransformer, kind: str = "cls") -> VisionTransformer:
+    """Make `encoder(x)` return one feature (B, D) per slice from its final, normed tokens: the class token (the
+    paper's), or the max or mean over the patch tokens. A tear fills one or two patch tokens of one or two
+    slices; the max gives that token a direct path to the exam's logit (multiple-instance pooling within the
+    slice, as the max over slices does across them), where the class token must first learn to attend to it.
+    timm's pool after its final norm (its fc_norm stays off: it is chosen when the model is built)."""
+    if kind not in POOLS:
+        raise ValueError(f"unknown slice feature '{kind}' (want one of {', '.join(POOLS)})")
+    encoder.reset_classifier(0, global_pool=POOLS[kind])
+    return encoder

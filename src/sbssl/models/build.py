@@ -1,0 +1,29 @@
+"""The models a config describes: the GMML autoencoder of stage 1 and the exam classifier of stage 2."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from sbssl.models.gmml import GMMLAutoencoder
+from sbssl.models.slice_classifier import MRNetCNN, SliceClassifier
+from sbssl.models.vit import create_encoder, set_slice_feature
+
+
+def build_encoder(cfg: DictConfig):
+    m = cfg.model
+    return create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem)
+
+
+def build_gmml(cfg: DictConfig) -> GMMLAutoencoder:
+    return GMMLAutoencoder(build_encoder(cfg), list(cfg.model.skip_blocks), cfg.model.decoder_dim,
+                           cfg.model.grad_checkpointing)
+
+
+def build_classifier(cfg: DictConfig) -> SliceClassifier:
+    """A ViT (its slice feature set by `finetune.slice_feature`) or the MRNet CNN, under the aggregator and head."""
+    m = cfg.model
+    if m.name == "mrnet_cnn":  # MRNet: max over slices, one linear layer
+        return SliceClassifier(MRNetCNN(m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices, linear_head=True)
+    enc = set_slice_feature(build_encoder(cfg), cfg.finetune.slice_feature)
+    enc.set_grad_checkpointing(m.grad_checkpointing)
+    return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices)
