@@ -48,21 +48,21 @@ def timeit_interleaved(fns: list, warmup: int = 2, repeats: int = 5, sync=None) 
 def gmml_train_step(cfg, dev: torch.device, x_u8: torch.Tensor, bf16: bool, compile: bool = False):
     """One full GMML step as the engine runs it (augment + corrupt + encoder + decoder + masked L1 + AdamW),
     as a closure over a fresh model, for timing."""
-    from sbssl.engine.pretrain import GMMLStep
+    from sbssl.engine.tasks import GMMLTask
     from sbssl.models.build import build_gmml
-    from sbssl.models.gmml import masked_l1
     from sbssl.utils.draw import Draw
 
     gmml = build_gmml(cfg).to(dev)
     opt = torch.optim.AdamW(gmml.parameters(), lr=1e-4)
-    step_fn = GMMLStep(cfg, 0.3, 0.25)
+    task = GMMLTask(cfg, 0.3, 0.25)
     fwd = torch.compile(gmml) if compile else gmml
 
-    def step() -> None:
-        target, corrupted, mask = step_fn.inputs(x_u8, Draw(dev))
+    def model(x: torch.Tensor) -> torch.Tensor:  # autocast around the model only, as Fabric does
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            recon = fwd(corrupted)
-        masked_l1(recon.float(), target, mask).backward()
+            return fwd(x)
+
+    def step() -> None:
+        task(model, x_u8, Draw(dev)).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

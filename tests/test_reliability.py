@@ -61,8 +61,9 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch)
 
 def test_nonfinite_loss_stops_before_any_update(tiny_set: Path, tmp_path: Path, monkeypatch):
     from sbssl.engine import pretrain as pre
+    from sbssl.engine import tasks
 
-    monkeypatch.setattr(pre, "_global_masked_l1", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(tasks, "masked_l1", lambda *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(SbsslError, match="non-finite loss at epoch 0 step 0"):
         pre.pretrain(load_config(None, TINY_VIT + ["train.epochs=1", "train.batch_size=32"]), tiny_set,
                      tmp_path / "r")
@@ -79,15 +80,16 @@ def test_nonfinite_step_is_skipped_when_configured(tiny_set: Path, tmp_path: Pat
     from safetensors.torch import load_file
 
     from sbssl.engine import pretrain as pre
+    from sbssl.engine import tasks
 
-    real, calls = pre._global_masked_l1, []
+    real, calls = tasks.masked_l1, []
 
     def nan_once(*a):
         calls.append(1)
         loss = real(*a)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    monkeypatch.setattr(pre, "_global_masked_l1", nan_once)
+    monkeypatch.setattr(tasks, "masked_l1", nan_once)
     pre.pretrain(load_config(None, TINY_VIT + ["train.epochs=1", "train.batch_size=64", "train.recon_every=0",
                                               "train.nonfinite=skip"]), tiny_set, tmp_path / "r")
     assert "non-finite loss at epoch 0 step 1: step skipped" in caplog.text

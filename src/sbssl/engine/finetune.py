@@ -12,17 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 
-from sbssl.augment import SliceAugment
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
 from sbssl.engine import checkpoint as ckpt
@@ -34,15 +31,14 @@ from sbssl.engine.inference import (
     gather_index,
     predict_probs,
     slice_feature_table,
-    standardise,
 )
-from sbssl.engine.runtime import finite_on_all_ranks, run_in_folder, seed_everything
-from sbssl.engine.schedules import apply_schedule, cosine, param_groups
+from sbssl.engine.loop import Trainer, train_one_epoch
+from sbssl.engine.runtime import run_in_folder, seed_everything
+from sbssl.engine.schedules import param_groups
+from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
-from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
-from sbssl.utils.progress import progress
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, SPLIT, model_file
 
 log = logging.getLogger("sbssl")
@@ -148,19 +144,12 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     lr = cfg.train.lr * ge / 256
     opt = torch.optim.AdamW(groups, lr=lr)
     model_f, opt_f = fabric.setup(model, opt)
-    augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
+    task = ExamTask(cfg)
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
     done = -1 if st is None else st["epoch"]
     if rank == 0:
         trim_jsonl(out / LOG, lambda rec: rec.get("member") != seed or rec.get("epoch", done + 1) <= done)
-    start, step, best = 0, 0, {"auc": -1.0, "epoch": -1, "state": None}
-    if st is not None:
-        model.load_state_dict(st["model"])
-        opt_f.load_state_dict(st["optimizer"])
-        ckpt.set_rng_state(st["rng"])
-        start, step = st["epoch"] + 1, st["step"]
-        best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
     n_pos = int(labels[fit].sum())
     balanced = cfg.finetune.oversample and 0 < n_pos < len(fit)
     n_per_epoch = 2 * max(n_pos, len(fit) - n_pos) if balanced else len(fit)  # = len(oversampled_order(...))
@@ -169,53 +158,33 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     if cfg.train.max_steps > 0:
         total = min(total, cfg.train.max_steps)
     warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
+    trainer = Trainer(fabric, model_f, opt_f, cfg.train, lr, total, warmup, seed, ck_dir / "last.pt",
+                      label=f"member {seed}, ")
+    start, best = 0, {"auc": -1.0, "epoch": -1, "state": None}
+    if st is not None:
+        model.load_state_dict(st["model"])
+        opt_f.load_state_dict(st["optimizer"])
+        ckpt.set_rng_state(st["rng"])
+        start, trainer.step = st["epoch"] + 1, st["step"]
+        best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
+    be, dev = cfg.finetune.batch_exams, fabric.device
+
+    def loss_of(exams: np.ndarray, draw) -> torch.Tensor:
+        y = torch.as_tensor(labels[exams], device=dev)
+        if table is not None:  # linear probing: the frozen encoder's features, looked up
+            flat, lengths = gather_index(cache, exams, model)
+            return ExamTask.from_features(model_f, table[torch.from_numpy(flat).to(dev)], lengths.to(dev), y)
+        x_u8, lengths = gather_exams(cache, exams, model)
+        return task(model_f, x_u8.to(dev), lengths.to(dev), y, draw)
+
     for epoch in range(start, cfg.train.epochs):
-        if step >= total:
+        if trainer.finished:
             break
         order = oversampled_order(labels, fit, torch.Generator().manual_seed(seed * 1000 + epoch),
                                   cfg.finetune.oversample)
-        model_f.train()
-        t0, seen, losses = time.perf_counter(), 0, []
-        with progress(f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "steps",
-                      enabled=None if rank == 0 else False) as bar:
-            for b in range(steps_per_epoch):
-                if step >= total:
-                    break
-                exams = order[b * ge: (b + 1) * ge][rank * cfg.finetune.batch_exams:
-                                                    (rank + 1) * cfg.finetune.batch_exams]
-                if len(exams) == 0:
-                    continue
-                y = torch.as_tensor(labels[exams], device=fabric.device)
-                apply_schedule(opt_f, cosine(step, total, lr, cfg.train.min_lr, warmup),
-                               cosine(step, total, cfg.train.weight_decay, cfg.train.weight_decay_end))
-                if table is not None:
-                    flat, lengths = gather_index(cache, exams, model)
-                    logits = model_f(table[torch.from_numpy(flat).to(fabric.device)], lengths.to(fabric.device),
-                                     from_features=True)
-                else:
-                    x_u8, lengths = gather_exams(cache, exams, model)
-                    x_u8, lengths = x_u8.to(fabric.device), lengths.to(fabric.device)
-                    gen = torch.Generator(fabric.device).manual_seed(seed * 1_000_003 + step)
-                    x = augment(x_u8.float() / 255.0, groups=lengths, draw=Draw(fabric.device, gen, rank, world))
-                    logits = model_f(standardise(x, cfg), lengths)
-                loss = F.cross_entropy(logits.float(), y)
-                if not finite_on_all_ranks(fabric, loss):
-                    if cfg.train.nonfinite != "skip":
-                        raise SbsslError(f"non-finite loss (member {seed}, epoch {epoch}, step {step}); weights not "
-                                         f"updated; last good checkpoint: {ck_dir / 'last.pt'}")
-                    log.warning("non-finite loss (member %d, epoch %d, step %d): step skipped", seed, epoch, step)
-                    opt_f.zero_grad(set_to_none=True)
-                    step += 1
-                    continue
-                fabric.backward(loss)
-                if cfg.train.clip_grad > 0:
-                    fabric.clip_gradients(model_f, opt_f, max_norm=cfg.train.clip_grad, error_if_nonfinite=False)
-                opt_f.step()
-                opt_f.zero_grad(set_to_none=True)
-                step += 1
-                seen += len(exams) * world
-                losses.append(loss.item())
-                bar.advance(1, status=f"loss {losses[-1]:.3f} {seen / (time.perf_counter() - t0):.1f} exams/s")
+        batches = [order[b * ge: (b + 1) * ge][rank * be: (rank + 1) * be] for b in range(steps_per_epoch)]
+        rec = train_one_epoch(trainer, batches, loss_of, len, epoch,
+                              f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
         model_f.eval()
         p = heldout_probs(model_f, model, cache, held, cfg, fabric.device, table)
         auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
@@ -224,13 +193,11 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
             best = {"auc": auc if np.isfinite(auc) else -1.0, "epoch": epoch,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         if rank == 0:
-            rec = {"member": seed, "epoch": epoch, "step": step, "loss": float(np.mean(losses)) if losses else None,
-                   "heldout_auc": auc, "best_epoch": best["epoch"],
-                   "exams_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+            rec = {"member": seed, **rec, "heldout_auc": auc, "best_epoch": best["epoch"]}
             with open(out / LOG, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             ckpt.save_checkpoint(ck_dir, {"model": model.state_dict(), "optimizer": opt_f.state_dict(),
-                                          "epoch": epoch, "step": step, "rng": ckpt.rng_state(),
+                                          "epoch": epoch, "step": trainer.step, "rng": ckpt.rng_state(),
                                           "best_auc": best["auc"], "best_epoch": best["epoch"],
                                           "best_state": best["state"]})
         fabric.barrier()

@@ -1,0 +1,80 @@
+"""What one training step computes in each stage. A task owns the step's whole computation -- preparing the
+inputs, calling the model, the loss -- and returns the loss with what it was computed from (as MAE's forward
+returns loss, prediction and mask), so training, benchmarks and the reconstruction figures share one definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from sbssl.augment import SliceAugment
+from sbssl.engine.inference import standardise
+from sbssl.masking import GroupMasking
+from sbssl.models.gmml import masked_l1
+from sbssl.utils.draw import Draw
+
+
+@dataclass
+class GMMLOutput:
+    loss: torch.Tensor  # masked L1, averaged over the corrupted pixels (of the global batch under DDP)
+    recon: torch.Tensor
+    target: torch.Tensor  # the clean (augmented, standardised) slices
+    corrupted: torch.Tensor
+    mask: torch.Tensor  # True where pixels were replaced
+
+
+class GMMLTask:
+    """Stage 1 (paper section 3.2): augment -> corrupt connected groups -> reconstruct from the average of the
+    skip blocks -> L1 on the corrupted pixels only (eq. 2)."""
+
+    def __init__(self, cfg: DictConfig, mean: float, std: float):
+        self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
+        self.masking = GroupMasking.from_config(cfg.mask, ones_value=(1.0 - mean) / std)
+        self.mean, self.std, self.in_chans = mean, std, cfg.model.in_chans
+
+    def standardise(self, x01: torch.Tensor) -> torch.Tensor:
+        x = (x01 - self.mean) / self.std
+        return x.expand(-1, self.in_chans, -1, -1) if self.in_chans != 1 else x
+
+    def inputs(self, x_u8: torch.Tensor, draw: Draw, augment: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(clean target, corrupted input, mask), standardised; without augment for fixed figures."""
+        x01 = x_u8.float() / 255.0
+        x = self.standardise(self.augment(x01, draw=draw) if augment else x01)
+        corrupted, mask = self.masking(x, draw)
+        return x, corrupted, mask
+
+    def __call__(self, model: torch.nn.Module, x_u8: torch.Tensor, draw: Draw, augment: bool = True,
+                 global_count: Callable[[torch.Tensor], torch.Tensor] | None = None) -> GMMLOutput:
+        """`global_count` turns this rank's count of corrupted pixels into the global batch's mean count, so
+        that the DDP gradient equals one process's."""
+        target, corrupted, mask = self.inputs(x_u8, draw, augment)
+        recon = model(corrupted).float()
+        count = mask.to(recon.dtype).expand_as(recon).sum()
+        if global_count is not None:
+            count = global_count(count)
+        return GMMLOutput(masked_l1(recon, target, mask, count), recon, target, corrupted, mask)
+
+
+class ExamTask:
+    """Stage 2: augment each exam's slices (one draw per exam) -> slice classifier -> cross-entropy on the exam
+    label. A frozen encoder's slice features, computed once, can stand in for the slices (linear probing)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
+        self.cfg = cfg
+
+    def __call__(self, model: torch.nn.Module, x_u8: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor,
+                 draw: Draw) -> torch.Tensor:
+        x = self.augment(x_u8.float() / 255.0, groups=lengths, draw=draw)
+        return F.cross_entropy(model(standardise(x, self.cfg), lengths).float(), y)
+
+    @staticmethod
+    def from_features(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(feats, lengths, from_features=True).float(), y)
