@@ -223,7 +223,7 @@ def cmd_finetune(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from sbssl.evaluate.report_files import evaluate_run
+    from sbssl.evaluate.scoring import evaluate_run
 
     if a.overrides:
         raise SbsslError("evaluate: the model's own config is used; overrides are not accepted")

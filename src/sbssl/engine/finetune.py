@@ -29,7 +29,9 @@ from sbssl.engine.inference import (
     encoder_init,
     gather_exams,
     gather_index,
+    load_ensemble,
     predict_probs,
+    score_split,
     slice_feature_table,
 )
 from sbssl.engine.loop import Trainer, train_one_epoch
@@ -37,6 +39,7 @@ from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
+from sbssl.evaluate.report_files import write_evaluation
 from sbssl.models.build import build_classifier
 from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, SPLIT, model_file
@@ -46,7 +49,9 @@ FINISHED = METRICS
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, held-out) exam indices; the held-out part keeps the class balance, >= 1 of each class."""
+    """(fit, held-out) exam indices; the held-out part keeps the class balance, >= 1 of each class on each side.
+    Written out rather than sklearn's train_test_split(stratify=...), which refuses a class with one member and
+    cannot promise both classes on both sides, as small label budgets (4 positives in 25 exams) need."""
     rng = np.random.default_rng(seed)
     fit, held = [], []
     for c in (0, 1):
@@ -115,10 +120,9 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
             meta = {"config": config_json(cfg), "seed": str(seed), **{k: str(v) for k, v in info.items()}}
             atomic_write(path, lambda p, s=state, md=meta: save_file(s, str(p), metadata=md))
         fabric.barrier()
-    if rank0:
-        from sbssl.evaluate.report_files import evaluate_run
-
-        evaluate_run(out, root, "valid", out, device=fabric.device)
+    if rank0:  # the valid split, scored once; metrics.json is the run's finished marker
+        ens = load_ensemble(out, fabric.device)
+        write_evaluation(out, ens.cfg, "valid", *score_split(ens, root, "valid", fabric.device), ens.seeds)
     fabric.barrier()
     return out
 

@@ -191,5 +191,17 @@ def predict_probs(model, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, 
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def score_split(ens: Ensemble, root: Path, split: str, device="cpu") -> tuple[list, np.ndarray]:
+    """(the split's exam records, every member's P(positive) as (members, exams))."""
+    from sbssl.data.cache import slice_cache_for
+    from sbssl.engine.runtime import inference_bf16
+
+    cache, records = slice_cache_for(ens.cfg, Path(root), split)
+    exams, bf16 = np.arange(len(records)), inference_bf16(device)
+    probs = np.stack([predict_probs(m, cache, exams, ens.cfg, device, ens.cfg.finetune.batch_exams, autocast=bf16)
+                      for m in ens.models])
+    return records, probs
+
+
 def config_json(cfg: DictConfig) -> str:
     return json.dumps(OmegaConf.to_container(cfg, resolve=True))

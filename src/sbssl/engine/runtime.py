@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from lightning_fabric import Fabric
 
@@ -53,9 +51,10 @@ def make_fabric(trainer_cfg) -> Fabric:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    """Fabric's seeding (Python, NumPy, torch), plus deterministic kernels when asked."""
+    from lightning_fabric.utilities.seed import seed_everything as fabric_seed
+
+    fabric_seed(seed % 2**32, verbose=False)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,4 +1,5 @@
-"""The files an evaluation writes: predictions.csv, metrics.json, roc.png (docs/design.md, run-folder contract)."""
+"""The files of an evaluation: predictions.csv, metrics.json, roc.png, compare.json (docs/design.md, run-folder
+contract). Writers and readers only; scoring is engine/inference.py's."""
 
 from __future__ import annotations
 
@@ -9,35 +10,26 @@ from pathlib import Path
 
 import numpy as np
 
-from sbssl.engine.inference import load_ensemble, predict_probs
-from sbssl.engine.runtime import inference_bf16
 from sbssl.evaluate.metrics import exam_metrics
 from sbssl.utils.io import atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import COMPARE, COMPARE_PLOT, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC
 
 
-def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> dict:
-    """Score a fine-tuned ensemble on a split: per member and averaged probabilities."""
-    from sbssl.data.cache import slice_cache_for
-
-    ens = load_ensemble(run, device)
-    cfg = ens.cfg
-    cache, records = slice_cache_for(cfg, Path(root), split)
+def write_evaluation(out: Path, cfg, split: str, records: list, probs: np.ndarray, seeds: list[int]) -> dict:
+    """metrics.json (ensemble and per member), predictions.csv, predictions_members.csv and roc.png for the
+    members' probabilities `probs` (members, exams) of a split's exams; returns the metrics. Writes only."""
     y = np.array([r.label for r in records])
-    exams = np.arange(len(records))
-    bf16 = inference_bf16(device)
-    probs = np.stack([predict_probs(m, cache, exams, cfg, device, cfg.finetune.batch_exams, autocast=bf16)
-                      for m in ens.models])
+    cases = [r.case for r in records]
     p = probs.mean(0)
     metrics = {"task": cfg.data.task, "plane": cfg.data.plane, "split": split, **exam_metrics(y, p),
-               "members": len(ens.models), "init": str(cfg.init), "model": cfg.model.name,
+               "members": len(seeds), "init": str(cfg.init), "model": cfg.model.name,
                "aggregator": cfg.finetune.aggregator if cfg.model.name != "mrnet_cnn" else "max",
-               "member_metrics": [{"seed": s, **exam_metrics(y, q)} for s, q in zip(ens.seeds, probs, strict=True)]}
+               "member_metrics": [{"seed": s, **exam_metrics(y, q)} for s, q in zip(seeds, probs, strict=True)]}
     out = Path(out)
-    write_predictions(out / PREDICTIONS, [r.case for r in records], p, y)
-    write_member_predictions(out / MEMBER_PREDICTIONS, [r.case for r in records], probs, ens.seeds)
-    atomic_write_json(out / METRICS, metrics)
-    roc_plot(out / ROC, y, probs, p, ens.seeds, f"{cfg.data.task} / {cfg.data.plane} / {split}")
+    write_predictions(out / PREDICTIONS, cases, p, y)
+    write_member_predictions(out / MEMBER_PREDICTIONS, cases, probs, seeds)
+    roc_plot(out / ROC, y, probs, p, seeds, f"{cfg.data.task} / {cfg.data.plane} / {split}")
+    atomic_write_json(out / METRICS, metrics)  # last: the finished marker
     return metrics
 
 
