@@ -48,13 +48,14 @@ def timeit_interleaved(fns: list, warmup: int = 2, repeats: int = 5, sync=None) 
 def gmml_train_step(cfg, dev: torch.device, x_u8: torch.Tensor, bf16: bool, compile: bool = False):
     """One full GMML step as the engine runs it (augment + corrupt + encoder + decoder + masked L1 + AdamW),
     as a closure over a fresh model, for timing."""
+    from sbssl.data.preprocessing import Preprocessing
     from sbssl.engine.tasks import GMMLTask
     from sbssl.models.build import build_gmml
     from sbssl.utils.draw import Draw
 
     gmml = build_gmml(cfg).to(dev)
     opt = torch.optim.AdamW(gmml.parameters(), lr=1e-4)
-    task = GMMLTask(cfg, 0.3, 0.25)
+    task = GMMLTask(cfg, Preprocessing.from_config(cfg, 0.3, 0.25))
     fwd = torch.compile(gmml) if compile else gmml
 
     def model(x: torch.Tensor) -> torch.Tensor:  # autocast around the model only, as Fabric does

@@ -22,6 +22,7 @@ from _common import HERE, record, timeit  # noqa: E402
 from sbssl.config import load_config  # noqa: E402
 from sbssl.data.cache import slice_cache_for  # noqa: E402
 from sbssl.data.datasets import SliceDataset  # noqa: E402
+from sbssl.data.preprocessing import Preprocessing  # noqa: E402
 from sbssl.engine.tasks import GMMLTask  # noqa: E402
 from sbssl.utils.draw import Draw  # noqa: E402
 
@@ -56,7 +57,7 @@ def main() -> None:
     cfg = load_config(None, [f"data.img_size={a.img}", f"model.name={a.model}"])
     cache, _ = slice_cache_for(cfg, Path(a.data), "train", labelled=False)
     ds = SliceDataset(cache)
-    step = GMMLTask(cfg, cache.mean, cache.std)
+    step = GMMLTask(cfg, Preprocessing.from_config(cfg, cache.mean, cache.std))
     rng = np.random.default_rng(0)
 
     def pipeline():

@@ -159,3 +159,29 @@ def test_scratch_vit_and_cnn_baselines_run(tiny_set: Path, tmp_path: Path):
                                     "trainer.accelerator=cpu", "finetune.aggregator=mean", *extra]), tiny_set, out)
         m = json.loads((out / "metrics.json").read_text())
         assert m["init"] == "scratch" and 0 <= m["auc"] <= 1
+
+
+def test_config_stays_as_asked_and_the_preprocessing_record_travels(ft_run: Path, gmml_run: Path):
+    from omegaconf import OmegaConf
+
+    from sbssl.data.preprocessing import Preprocessing
+    from sbssl.engine.inference import load_ensemble
+
+    asked = OmegaConf.load(ft_run / "config.yaml")
+    assert asked.data.mean == 0.0 and str(asked.init) == str(gmml_run)  # nothing derived written back
+    _, meta, path = encoder_init(str(gmml_run))
+    pre = Preprocessing.from_meta(meta)
+    assert pre.mean > 0 and pre.std > 0  # the pretraining set's statistics, decided once
+    rec = json.loads((ft_run / "run.json").read_text())
+    assert Preprocessing.from_dict(rec["preprocessing"]) == pre and rec["init"] == f"gmml:{path}"
+    ens = load_ensemble(ft_run)
+    assert ens.pre == pre and ens.init == rec["init"]
+    meta0 = safe_open_meta(ft_run / "model-0.safetensors")
+    assert Preprocessing.from_dict(json.loads(meta0["preprocessing"])) == pre
+
+
+def safe_open_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()

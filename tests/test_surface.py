@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from sbssl.data.cache import slice_cache_for
-from sbssl.engine.inference import gather_exams, load_ensemble, normalise
+from sbssl.engine.inference import gather_exams, load_ensemble
 from sbssl.explain import cls_attention, slice_importance
 
 from .conftest import run_cli
@@ -25,7 +25,7 @@ def test_attention_maps_have_slice_shape_and_sum_to_one(ft_run: Path, tiny_set: 
     model = ens.models[0]
     cache, _ = slice_cache_for(ens.cfg, tiny_set, "valid")
     x, lengths = gather_exams(cache, np.array([0, 1]), model)
-    x = normalise(x, ens.cfg)
+    x = ens.pre.normalise(x)
     assert model.encoder.blocks[9].attn.fused_attn  # trained with fused attention
     maps = cls_attention(model.encoder, x, block=10)
     assert maps.shape == (x.shape[0], 32, 32)
@@ -116,6 +116,6 @@ def test_compiled_inference_matches_eager(ft_run: Path, tiny_set: Path):
     ens = load_ensemble(ft_run)
     cache, records = slice_cache_for(ens.cfg, tiny_set, "valid")
     exams = np.arange(len(records))
-    eager = predict_probs(ens.models[0], cache, exams, ens.cfg, "cpu", 4)
-    compiled = predict_probs(compile_for_inference(ens.models[0]), cache, exams, ens.cfg, "cpu", 4)
+    eager = predict_probs(ens.models[0], cache, exams, ens.pre, "cpu", 4)
+    compiled = predict_probs(compile_for_inference(ens.models[0]), cache, exams, ens.pre, "cpu", 4)
     assert np.abs(eager - compiled).max() < 1e-3

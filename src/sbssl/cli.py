@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from sbssl.errors import SbsslError
-from sbssl.utils.rundir import CONFIG, METRICS
+from sbssl.utils.rundir import METRICS
 
 log = logging.getLogger("sbssl")
 
@@ -136,15 +136,13 @@ def _data_root(a: argparse.Namespace, cfg) -> Path:
 
 def _model_data_root(a: argparse.Namespace) -> Path:
     """--data, else the dataset the model in --model was trained on."""
+    from sbssl.utils.rundir import run_root
+
     if a.data:
         return Path(a.data)
-    cfg_path = Path(a.model) / CONFIG
-    if cfg_path.is_file():
-        from omegaconf import OmegaConf
-
-        root = OmegaConf.load(cfg_path).get("data", {}).get("root")
-        if root:
-            return Path(root)
+    root = run_root(Path(a.model))
+    if root:
+        return Path(root)
     raise SbsslError(f"{a.command}: give --data ROOT")
 
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
+from sbssl.data.preprocessing import Preprocessing
 from sbssl.models.slice_classifier import AttentionAggregator, SliceClassifier
 
 
@@ -102,12 +103,10 @@ def overlay_png(path: Path, slices: np.ndarray, maps: np.ndarray, weights: np.nd
     save_png(fig, path, dpi=80)
 
 
-def explain_exam(model: SliceClassifier, x_u8: torch.Tensor, lengths: torch.Tensor, cfg, block: int,
+def explain_exam(model: SliceClassifier, x_u8: torch.Tensor, lengths: torch.Tensor, pre: Preprocessing, block: int,
                  path: Path, title: str, n_total: int, device="cpu") -> dict:
     """Attention overlay PNG for one exam (x_u8: the slices the model reads)."""
-    from sbssl.engine.inference import normalise
-
-    x = normalise(x_u8.to(device), cfg)
+    x = pre.normalise(x_u8.to(device))
     weights = slice_importance(model, x, lengths.to(device))[0]
     if isinstance(model.encoder, VisionTransformer):
         maps = cls_attention(model.encoder, x, block).cpu().numpy()
@@ -129,7 +128,7 @@ def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int
     ens = load_ensemble(model_dir, device)
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
     exams = np.arange(len(records))
-    p = np.mean([predict_probs(m, cache, exams, ens.cfg, device, ens.cfg.finetune.batch_exams) for m in ens.models],
+    p = np.mean([predict_probs(m, cache, exams, ens.pre, device, ens.cfg.finetune.batch_exams) for m in ens.models],
                 0)
     order = np.argsort(-p, kind="stable")
     chosen = list(dict.fromkeys([*order[: (n + 1) // 2].tolist(), *order[::-1][: n // 2].tolist()]))[:n]
@@ -138,7 +137,7 @@ def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int
         x, lengths = gather_exams(cache, np.array([e]), ens.models[0])
         r = records[e]
         path = Path(out) / f"{split}-{r.case}.png"
-        explain_exam(ens.models[0], x, lengths, ens.cfg, block, path,
+        explain_exam(ens.models[0], x, lengths, ens.pre, block, path,
                      f"case {r.case} (label {r.label}): P({ens.cfg.data.task}) = {p[e]:.3f}",
                      int(cache.offsets[e + 1] - cache.offsets[e]), device)
         paths.append(path)

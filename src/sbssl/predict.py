@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sbssl.data.cache import SliceCache, prepare_volume
+from sbssl.data.cache import SliceCache
 from sbssl.data.volume_io import case_id, is_volume_path, load_volume
 from sbssl.engine.inference import Ensemble, compile_for_inference, gather_exams, load_ensemble, predict_probs
 from sbssl.engine.runtime import inference_bf16
@@ -42,9 +42,8 @@ def _is_series(folder: Path) -> bool:
 
 def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
     """One exam prepared exactly as in training, wrapped as a one-exam cache."""
-    d = ens.cfg.data
-    u8 = prepare_volume(vol, d.img_size, d.crop, d.slab)
-    return SliceCache(u8, np.array([0, len(u8)]), [name], ens.cfg.data.mean, ens.cfg.data.std)
+    u8 = ens.pre.prepare(vol)
+    return SliceCache(u8, np.array([0, len(u8)]), [name], ens.pre.mean, ens.pre.std)
 
 
 def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
@@ -70,12 +69,12 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        p = float(np.mean([predict_probs(m, cache, np.array([0]), ens.cfg, device, 1, bf16)[0] for m in scorers]))
+        p = float(np.mean([predict_probs(m, cache, np.array([0]), ens.pre, device, 1, bf16)[0] for m in scorers]))
         names.append(name)
         probs.append(p)
         if overlays:
             x, lengths = gather_exams(cache, np.array([0]), ens.models[0])
-            explain_exam(ens.models[0], x, lengths, ens.cfg, block, out / "overlays" / f"{name}.png",
+            explain_exam(ens.models[0], x, lengths, ens.pre, block, out / "overlays" / f"{name}.png",
                          f"{name}: P({ens.cfg.data.task}) = {p:.3f}", int(cache.offsets[-1]), device)
     if names:
         write_predictions(out / PREDICTIONS, names, np.array(probs), None, sort_by_probability=True)
@@ -120,7 +119,7 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
     for case, series in exams.items():
         try:
             p = {pl: float(np.mean([predict_probs(m, exam_cache(load_volume(series[pl]), runs[pl], case),
-                                                  np.array([0]), runs[pl].cfg, device, 1, bf16)[0]
+                                                  np.array([0]), runs[pl].pre, device, 1, bf16)[0]
                                     for m in runs[pl].models])) for pl in planes}
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)

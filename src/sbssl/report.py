@@ -29,6 +29,7 @@ from sbssl.utils.rundir import (
     METRICS,
     PREDICTIONS,
     ROC,
+    run_root,
 )
 
 
@@ -209,14 +210,13 @@ def _grid(found: Found) -> str:
 
 def _by_tear_type(found: Found) -> str:
     """Sensitivity per ACL tear type, where the dataset ships findings (the synthetic set does)."""
-    from omegaconf import OmegaConf
 
     from sbssl.evaluate.findings import TEAR_TYPES, read_findings, sensitivity_by_tear_type
 
     rows = []
     for run in found.finetune:
         m = json.loads((run / METRICS).read_text())
-        root = OmegaConf.load(run / CONFIG).data.get("root", "")
+        root = run_root(run)
         findings = read_findings(Path(root), m["split"]) if root and m.get("task") == "acl" else None
         if not findings or not (run / PREDICTIONS).exists():
             continue

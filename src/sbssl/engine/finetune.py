@@ -22,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
+from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
     apply_encoder_meta,
@@ -41,8 +42,8 @@ from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
 from sbssl.evaluate.report_files import write_evaluation
 from sbssl.models.build import build_classifier
-from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
-from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, SPLIT, model_file
+from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text, trim_jsonl
+from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, RUN, SPLIT, model_file
 
 log = logging.getLogger("sbssl")
 FINISHED = METRICS
@@ -94,13 +95,11 @@ def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, re
 def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     rank0 = fabric.global_rank == 0
     init = encoder_init(str(cfg.init))
-    if init is not None:
+    if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
         apply_encoder_meta(cfg, init[1])
-        cfg.init = f"gmml:{init[2]}"
     cache, records = slice_cache_for(cfg, root, "train", fabric)
-    if cfg.data.mean <= 0:
-        cfg.data.mean, cfg.data.std = float(cache.mean), float(cache.std)
-    cfg.data.root = str(root)
+    pre = Preprocessing.from_meta(init[1]) if init is not None else Preprocessing.from_config(cfg, cache.mean,
+                                                                                               cache.std)
     labels = np.array([r.label for r in records])
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
@@ -108,6 +107,8 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
     if rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
+        atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
+                                      "init": f"gmml:{init[2]}" if init is not None else "scratch"})
         atomic_write_text(out / SPLIT, json.dumps({"fit": [records[i].case for i in fit],
                                                           "held_out": [records[i].case for i in held]}) + "\n")
     for m in range(cfg.finetune.ensemble):
@@ -115,20 +116,21 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         path = out / model_file(seed)
         if path.exists():
             continue
-        state, info = train_member(cfg, fabric, cache, labels, fit, held, seed, init, out)
+        state, info = train_member(cfg, pre, fabric, cache, labels, fit, held, seed, init, out)
         if rank0:
-            meta = {"config": config_json(cfg), "seed": str(seed), **{k: str(v) for k, v in info.items()}}
+            meta = {"config": config_json(cfg), "preprocessing": json.dumps(pre.to_dict()), "seed": str(seed),
+                    **{k: str(v) for k, v in info.items()}}
             atomic_write(path, lambda p, s=state, md=meta: save_file(s, str(p), metadata=md))
         fabric.barrier()
     if rank0:  # the valid split, scored once; metrics.json is the run's finished marker
         ens = load_ensemble(out, fabric.device)
-        write_evaluation(out, ens.cfg, "valid", *score_split(ens, root, "valid", fabric.device), ens.seeds)
+        write_evaluation(out, ens.cfg, "valid", *score_split(ens, root, "valid", fabric.device), ens.seeds, ens.init)
     fabric.barrier()
     return out
 
 
-def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
-                 seed: int, init, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.ndarray, fit: np.ndarray,
+                 held: np.ndarray, seed: int, init, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Train one ensemble member; returns the weights of its best held-out epoch."""
     rank, world = fabric.global_rank, fabric.world_size
     seed_everything(seed + rank, cfg.train.deterministic)
@@ -140,7 +142,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     if cfg.finetune.freeze:  # linear probing: encoder features computed once, the head trains on lookups
         model.encoder.requires_grad_(False)
         with fabric.autocast():
-            table = slice_feature_table(model.to(fabric.device), cache, np.concatenate([fit, held]), cfg,
+            table = slice_feature_table(model.to(fabric.device), cache, np.concatenate([fit, held]), pre,
                                         fabric.device)
     depth = len(getattr(model.encoder, "blocks", []))
     groups = param_groups(model, cfg.finetune.layer_decay, depth)
@@ -148,7 +150,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
     lr = cfg.train.lr * ge / 256
     opt = torch.optim.AdamW(groups, lr=lr)
     model_f, opt_f = fabric.setup(model, opt)
-    task = ExamTask(cfg)
+    task = ExamTask(cfg, pre)
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
     done = -1 if st is None else st["epoch"]
@@ -190,7 +192,7 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
         rec = train_one_epoch(trainer, batches, loss_of, len, epoch,
                               f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
         model_f.eval()
-        p = heldout_probs(model_f, model, cache, held, cfg, fabric.device, table)
+        p = heldout_probs(model_f, model, cache, held, pre, cfg.finetune.batch_exams, fabric.device, table)
         auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
         improved = cfg.finetune.select == "last" or not np.isfinite(auc) or auc > best["auc"]
         if improved:
@@ -210,10 +212,11 @@ def train_member(cfg: DictConfig, fabric, cache, labels: np.ndarray, fit: np.nda
 
 
 @torch.no_grad()
-def heldout_probs(model_f, model, cache, held: np.ndarray, cfg: DictConfig, device, table) -> np.ndarray:
+def heldout_probs(model_f, model, cache, held: np.ndarray, pre: Preprocessing, batch_exams: int, device,
+                  table) -> np.ndarray:
     """P(positive) of the held-out exams; a linear probe reads its feature table instead of the encoder."""
     if table is None:
-        return predict_probs(model_f, cache, held, cfg, device, cfg.finetune.batch_exams)
+        return predict_probs(model_f, cache, held, pre, device, batch_exams)
     flat, lengths = gather_index(cache, held, model)
     logits = model_f(table[torch.from_numpy(flat).to(device)], lengths.to(device), from_features=True)
     return logits.float().softmax(1)[:, 1].cpu().numpy()

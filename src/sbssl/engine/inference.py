@@ -14,10 +14,11 @@ from safetensors.torch import load_file, safe_open
 
 from sbssl.config import load_config
 from sbssl.data.cache import SliceCache
+from sbssl.data.preprocessing import Preprocessing
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
 from sbssl.models.slice_classifier import SliceClassifier
-from sbssl.utils.rundir import CONFIG, ENCODER
+from sbssl.utils.rundir import CONFIG, ENCODER, RUN
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -49,30 +50,48 @@ def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Pa
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # shipped encoders are fp16
     if meta.get("format") != "sbssl-gmml-encoder":
         raise SbsslError(f"{path}: not a GMML encoder written by `sbssl pretrain`")
-    try:
-        apply_encoder_meta(load_config(), meta)  # every field present and of the right type
+    try:  # every field present and of the right type
+        apply_encoder_meta(load_config(), meta)
+        Preprocessing.from_meta(meta)
     except (KeyError, ValueError, SbsslError) as e:
         raise SbsslError(f"{path}: damaged encoder metadata ({type(e).__name__}: {str(e)[:80]})") from None
     return sd, meta, path
 
 
 def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
-    """Fine-tuning inherits the pretrained encoder's architecture and input scaling."""
+    """Fine-tuning takes the pretrained encoder's architecture and the input geometry it learnt at (its
+    intensity scaling travels in the preprocessing record, `Preprocessing.from_meta`)."""
     cfg.model.name, cfg.model.patch_size = meta["name"], int(meta["patch_size"])
     cfg.model.in_chans, cfg.data.img_size = int(meta["in_chans"]), int(meta["img_size"])
     cfg.model.stem = meta.get("stem", "patch")
-    cfg.data.mean, cfg.data.std = float(meta["mean"]), float(meta["std"])
     # The region of interest sets the scale the encoder learnt at; encoders written before it existed saw it all.
     cfg.data.crop, cfg.data.slab = float(meta.get("crop", 1.0)), float(meta.get("slab", 1.0))
 
 
 @dataclass
 class Ensemble:
-    """A fine-tuned run: its config and one model per member seed."""
+    """A fine-tuned run: its config, preprocessing record, one model per member seed, where it started from."""
 
     cfg: DictConfig
     models: list[SliceClassifier]
     seeds: list[int]
+    pre: Preprocessing
+    init: str = "scratch"  # "gmml:<encoder path>" or "scratch"
+    root: str = ""  # the dataset it was trained on
+
+
+def read_run_record(run: Path, cfg: DictConfig) -> dict:
+    """run.json; a run written before it existed keeps these in its config.yaml."""
+    path = Path(run) / RUN
+    if path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+            return {"pre": Preprocessing.from_dict(rec["preprocessing"]), "init": rec.get("init", "scratch"),
+                    "root": rec.get("root", "")}
+        except (ValueError, KeyError, TypeError) as e:
+            raise SbsslError(f"{path}: damaged run record ({type(e).__name__})") from None
+    return {"pre": Preprocessing.from_config(cfg, cfg.data.mean, cfg.data.std), "init": str(cfg.init),
+            "root": str(cfg.data.get("root", "") or "")}
 
 
 def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
@@ -98,7 +117,7 @@ def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
             raise SbsslError(f"{f}: weights do not fit the run's config ({str(e).splitlines()[0][:100]})") from None
         models.append(model.to(device).eval())
         seeds.append(int(f.stem.split("-")[1]))
-    return Ensemble(cfg, models, seeds)
+    return Ensemble(cfg, models, seeds, **read_run_record(run, cfg))
 
 
 class FrozenCompiled(torch.nn.Module):
@@ -148,7 +167,7 @@ def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -
 
 
 @torch.no_grad()
-def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, device,
+def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, pre: Preprocessing, device,
                         batch: int = 256) -> torch.Tensor:
     """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero):
     a linear probe then trains its head on table lookups, never running the encoder again. Precision is the
@@ -158,24 +177,13 @@ def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.nda
     model.eval()
     for i in range(0, len(rows), batch):
         r = rows[i: i + batch]
-        x = normalise(torch.from_numpy(cache.data[r])[:, None].to(device), cfg)
+        x = pre.normalise(torch.from_numpy(cache.data[r])[:, None].to(device))
         table[torch.from_numpy(r).to(device)] = model.slice_features(x).float()
     return table
 
 
-def standardise(x01: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    """Slices scaled to [0, 1] -> the model's input space (dataset mean/std, 1 or 3 channels)."""
-    x = (x01 - cfg.data.mean) / cfg.data.std
-    return x.expand(-1, cfg.model.in_chans, -1, -1) if cfg.model.in_chans != 1 else x
-
-
-def normalise(x_u8: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    """Cached uint8 slices -> the model's input space."""
-    return standardise(x_u8.float() / 255.0, cfg)
-
-
 @torch.no_grad()
-def predict_probs(model, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, device, batch_exams: int = 8,
+def predict_probs(model, cache: SliceCache, exams: np.ndarray, pre: Preprocessing, device, batch_exams: int = 8,
                   autocast: bool = False) -> np.ndarray:
     """P(positive) for each exam (softmax of the two logits), in the order given."""
     base = getattr(model, "_orig_mod", model)  # torch.compile'd
@@ -184,7 +192,7 @@ def predict_probs(model, cache: SliceCache, exams: np.ndarray, cfg: DictConfig, 
     for i in range(0, len(exams), batch_exams):
         chunk = np.asarray(exams[i: i + batch_exams])
         x, lengths = gather_exams(cache, chunk, base)
-        x = normalise(x.to(device), cfg)
+        x = pre.normalise(x.to(device))
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x, lengths.to(device))
         out.append(logits.float().softmax(1)[:, 1].cpu().numpy())
@@ -198,7 +206,7 @@ def score_split(ens: Ensemble, root: Path, split: str, device="cpu") -> tuple[li
 
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
     exams, bf16 = np.arange(len(records)), inference_bf16(device)
-    probs = np.stack([predict_probs(m, cache, exams, ens.cfg, device, ens.cfg.finetune.batch_exams, autocast=bf16)
+    probs = np.stack([predict_probs(m, cache, exams, ens.pre, device, ens.cfg.finetune.batch_exams, autocast=bf16)
                       for m in ens.models])
     return records, probs
 

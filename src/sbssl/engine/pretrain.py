@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
 from sbssl.data.datasets import SliceDataset
+from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.runtime import run_in_folder, seed_everything
@@ -31,8 +32,8 @@ from sbssl.models.build import build_gmml
 from sbssl.models.gmml import GMMLAutoencoder
 from sbssl.models.vit import encoder_meta
 from sbssl.utils.draw import Draw
-from sbssl.utils.io import atomic_write, atomic_write_text, trim_jsonl
-from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG
+from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text, trim_jsonl
+from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG, RUN
 
 log = logging.getLogger("sbssl")
 FINISHED = ENCODER
@@ -63,9 +64,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     rank0 = fabric.global_rank == 0
     seed_everything(cfg.train.seed + fabric.global_rank, cfg.train.deterministic)
     cache, _ = slice_cache_for(cfg, root, "train", fabric, labelled=False)  # labels unused
-    if cfg.data.mean <= 0:
-        cfg.data.mean, cfg.data.std = float(cache.mean), float(cache.std)
-    cfg.data.root = str(root)
+    pre = Preprocessing.from_config(cfg, cache.mean, cache.std)
     dataset = SliceDataset(cache)
     global_batch = cfg.train.batch_size * fabric.world_size
     steps_per_epoch = len(dataset) // global_batch
@@ -84,10 +83,11 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
     trainer = Trainer(fabric, model_f, opt_f, cfg.train, lr, total, warmup, cfg.train.seed,
                       out / CHECKPOINTS / "last.pt")
-    run = _Run(cfg, out, model, trainer, dataset, GMMLTask(cfg, cfg.data.mean, cfg.data.std))
+    run = _Run(cfg, out, model, trainer, dataset, GMMLTask(cfg, pre))
     start_epoch = _restore(run)
     if start_epoch == 0 and rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
+        atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict()})
     # the middle slice of six exams spread over the set: the same images in every grid
     exams = np.linspace(0, cache.n_exams - 1, 6).round().astype(int)
     fixed = torch.from_numpy(cache.data[(cache.offsets[exams] + cache.offsets[exams + 1]) // 2])[:, None]
@@ -107,7 +107,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                 "rng": ckpt.rng_state(), "loss": rec["loss"]})
         fabric.barrier()
     if rank0:
-        save_encoder(model, cfg, out / FINISHED)
+        save_encoder(model, cfg, pre, out / FINISHED)
         log.info("pretraining done: %s", out / FINISHED)
     fabric.barrier()
     return out / FINISHED
@@ -162,11 +162,9 @@ def _global_count(fabric, count: torch.Tensor) -> torch.Tensor:
     return count
 
 
-def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, path: Path) -> None:
-    """The encoder alone, as timm names its weights, plus what rebuilds it and its input scaling."""
-    meta = encoder_meta(model.encoder, cfg.model.name)
-    meta.update({"mean": str(cfg.data.mean), "std": str(cfg.data.std), "crop": str(cfg.data.crop),
-                 "slab": str(cfg.data.slab), "format": "sbssl-gmml-encoder"})
+def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, pre: Preprocessing, path: Path) -> None:
+    """The encoder alone, as timm names its weights, plus what rebuilds it and its preprocessing record."""
+    meta = {**encoder_meta(model.encoder, cfg.model.name), **pre.to_meta(), "format": "sbssl-gmml-encoder"}
     sd = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
     atomic_write(path, lambda p: save_file(sd, str(p), metadata=meta))
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from sbssl.augment import SliceAugment
-from sbssl.engine.inference import standardise
+from sbssl.data.preprocessing import Preprocessing
 from sbssl.masking import GroupMasking
 from sbssl.models.gmml import masked_l1
 from sbssl.utils.draw import Draw
@@ -32,14 +32,10 @@ class GMMLTask:
     """Stage 1 (paper section 3.2): augment -> corrupt connected groups -> reconstruct from the average of the
     skip blocks -> L1 on the corrupted pixels only (eq. 2)."""
 
-    def __init__(self, cfg: DictConfig, mean: float, std: float):
+    def __init__(self, cfg: DictConfig, pre: Preprocessing):
         self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
-        self.masking = GroupMasking.from_config(cfg.mask, ones_value=(1.0 - mean) / std)
-        self.mean, self.std, self.in_chans = mean, std, cfg.model.in_chans
-
-    def standardise(self, x01: torch.Tensor) -> torch.Tensor:
-        x = (x01 - self.mean) / self.std
-        return x.expand(-1, self.in_chans, -1, -1) if self.in_chans != 1 else x
+        self.masking = GroupMasking.from_config(cfg.mask, ones_value=(1.0 - pre.mean) / pre.std)
+        self.standardise = pre.standardise
 
     def inputs(self, x_u8: torch.Tensor, draw: Draw, augment: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,14 +61,14 @@ class ExamTask:
     """Stage 2: augment each exam's slices (one draw per exam) -> slice classifier -> cross-entropy on the exam
     label. A frozen encoder's slice features, computed once, can stand in for the slices (linear probing)."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, pre: Preprocessing):
         self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
-        self.cfg = cfg
+        self.pre = pre
 
     def __call__(self, model: torch.nn.Module, x_u8: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor,
                  draw: Draw) -> torch.Tensor:
         x = self.augment(x_u8.float() / 255.0, groups=lengths, draw=draw)
-        return F.cross_entropy(model(standardise(x, self.cfg), lengths).float(), y)
+        return F.cross_entropy(model(self.pre.standardise(x), lengths).float(), y)
 
     @staticmethod
     def from_features(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor,

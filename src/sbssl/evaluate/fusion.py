@@ -18,7 +18,7 @@ from sbssl.errors import SbsslError
 from sbssl.evaluate.metrics import exam_metrics
 from sbssl.evaluate.report_files import roc_plot, write_member_predictions, write_predictions
 from sbssl.utils.io import atomic_write_json
-from sbssl.utils.rundir import CONFIG, FUSION, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC, SPLIT
+from sbssl.utils.rundir import CONFIG, FUSION, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC, SPLIT, run_root
 
 
 def run_config(run: Path):
@@ -52,7 +52,7 @@ def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = 
         raise SbsslError(f"{run}: exam {missing[0]} of the {split} split not found under {root}")
     idx = np.array([where[c] for c in cases])
     bf16 = inference_bf16(device)
-    p = np.mean([predict_probs(m, cache, idx, ens.cfg, device, ens.cfg.finetune.batch_exams, autocast=bf16)
+    p = np.mean([predict_probs(m, cache, idx, ens.pre, device, ens.cfg.finetune.batch_exams, autocast=bf16)
                  for m in ens.models], axis=0)
     return cases, np.array([records[i].label for i in idx]), p
 
@@ -85,7 +85,7 @@ def fuse(runs: list[Path], out: Path, root: Path | None = None, split: str = "va
 
     runs = [Path(r) for r in runs]
     cfgs, task, held = check_runs(runs)
-    root = Path(root or cfgs[0].data.root)
+    root = Path(root or run_root(runs[0]))
     planes = [str(c.data.plane) for c in cfgs]
     fit_cols, y_fit = [], None
     for r in runs:

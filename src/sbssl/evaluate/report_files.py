@@ -15,14 +15,15 @@ from sbssl.utils.io import atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import COMPARE, COMPARE_PLOT, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC
 
 
-def write_evaluation(out: Path, cfg, split: str, records: list, probs: np.ndarray, seeds: list[int]) -> dict:
+def write_evaluation(out: Path, cfg, split: str, records: list, probs: np.ndarray, seeds: list[int],
+                     init: str = "scratch") -> dict:
     """metrics.json (ensemble and per member), predictions.csv, predictions_members.csv and roc.png for the
     members' probabilities `probs` (members, exams) of a split's exams; returns the metrics. Writes only."""
     y = np.array([r.label for r in records])
     cases = [r.case for r in records]
     p = probs.mean(0)
     metrics = {"task": cfg.data.task, "plane": cfg.data.plane, "split": split, **exam_metrics(y, p),
-               "members": len(seeds), "init": str(cfg.init), "model": cfg.model.name,
+               "members": len(seeds), "init": init, "model": cfg.model.name,
                "aggregator": cfg.finetune.aggregator if cfg.model.name != "mrnet_cnn" else "max",
                "member_metrics": [{"seed": s, **exam_metrics(y, q)} for s, q in zip(seeds, probs, strict=True)]}
     out = Path(out)

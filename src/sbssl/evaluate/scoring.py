@@ -12,4 +12,4 @@ def evaluate_run(run: Path, root: Path, split: str, out: Path, device="cpu") -> 
     """Per-member and ensemble-mean probabilities of `run` on `split` of `root`, written to `out`."""
     ens = load_ensemble(run, device)
     records, probs = score_split(ens, root, split, device)
-    return write_evaluation(out, ens.cfg, split, records, probs, ens.seeds)
+    return write_evaluation(out, ens.cfg, split, records, probs, ens.seeds, ens.init)

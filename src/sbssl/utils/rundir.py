@@ -11,7 +11,8 @@ from sbssl.errors import SbsslError
 
 # The files of a run folder (docs/design.md, "The run-folder contract"): one name each, used by every writer and
 # reader.
-CONFIG = "config.yaml"  # the config as run
+CONFIG = "config.yaml"  # the config as the user asked for it
+RUN = "run.json"  # what the run decided: dataset root, preprocessing record, the encoder it started from
 LOG = "log.jsonl"  # one record per epoch
 CHECKPOINTS = "checkpoints"  # resumable state (last.pt), per member for fine-tuning
 ENCODER = "encoder.safetensors"  # a pretraining's product and finished marker
@@ -26,6 +27,22 @@ FUSION = "fusion.json"  # a plane fusion's weights
 
 def model_file(seed: int) -> str:
     return f"model-{seed}.safetensors"
+
+
+def run_root(run: Path) -> str:
+    """The dataset a run was trained on: its run.json (config.yaml's data.root for runs written before it)."""
+    import json
+
+    try:
+        return str(json.loads((Path(run) / RUN).read_text()).get("root", ""))
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        from omegaconf import OmegaConf
+
+        return str(OmegaConf.load(Path(run) / CONFIG).get("data", {}).get("root", "") or "")
+    except Exception:  # a missing or damaged config: no root known
+        return ""
 
 
 
