@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from sbssl.data.cache import build_cache, prepare_volume, robust_minmax
 from sbssl.data.check import check_dataset
-from sbssl.data.datasets import ExamDataset, SliceDataset, collate_exams
+from sbssl.data.datasets import ExamDataset, SliceDataset
 from sbssl.data.layout import list_exams, read_labels
 from sbssl.data.volume_io import load_volume
 from sbssl.errors import DataError
@@ -164,10 +165,15 @@ def test_datasets_batch_reads_and_exam_collation(mrnet: Path):
     cache = build_cache(recs, 16, mrnet.parent / "cache", "y")
     ds = SliceDataset(cache)
     assert len(ds) == 12 and ds[[0, 5, 3]].shape == (3, 1, 16, 16)
-    ex = ExamDataset(cache, [r.label for r in recs])
-    batch = collate_exams([ex[0], ex[1]])
+    ex = ExamDataset(cache, np.array([r.label for r in recs]))
+    batch = ex[[1, 0]]  # a batch of exams, read whole, in the order asked
     assert batch["slices"].shape == (6, 1, 16, 16) and batch["lengths"].tolist() == [3, 3]
-    assert batch["labels"].tolist() == [0, 1]
+    assert batch["labels"].tolist() == [1, 0] and batch["exams"].tolist() == [1, 0]
+    assert torch.equal(batch["slices"][:3, 0], torch.from_numpy(np.asarray(cache.exam(1))))
+    two = ExamDataset(cache, np.array([r.label for r in recs]), slices=2)[[0]]  # 2 evenly spaced of 3 slices
+    assert torch.equal(two["slices"][:, 0], torch.from_numpy(np.asarray(cache.exam(0))[[0, 2]]))
+    rows = ExamDataset(cache, np.array([r.label for r in recs]), read=False)[[1]]
+    assert "slices" not in rows and rows["rows"].tolist() == list(range(3, 6))
 
 
 def test_generic_folder_with_nifti_dicom_and_npy(tmp_path: Path):

@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
+from sbssl.data.datasets import resample_index
 from sbssl.engine.finetune import finetune, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.engine.inference import apply_encoder_meta, encoder_init
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.models.build import build_classifier
-from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier, resample_index
+from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier
 from sbssl.models.vit import create_encoder
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
@@ -29,7 +30,7 @@ def test_aggregators_with_exams_of_different_lengths(name: str):
     enc = create_encoder("vit_tiny", 32, 8, 1, 0.0)
     model = SliceClassifier(enc, name, slices=4 if name == "concat" else 0).eval()
     lengths = torch.tensor([3, 5, 1])
-    sel = model.select(lengths)
+    sel = resample_index(lengths, model.slices) if model.slices else None
     x = torch.randn(int(lengths.sum()), 1, 32, 32)
     if sel is not None:  # concat: each exam resampled to f = 4 slices
         x = x[sel]

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from sbssl.data.cache import slice_cache_for
-from sbssl.engine.inference import gather_exams, load_ensemble
+from sbssl.data.datasets import gather_exams
+from sbssl.engine.inference import load_ensemble
 from sbssl.explain import cls_attention, slice_importance
 
 from .conftest import run_cli
@@ -24,7 +25,7 @@ def test_attention_maps_have_slice_shape_and_sum_to_one(ft_run: Path, tiny_set: 
     ens = load_ensemble(ft_run)
     model = ens.models[0]
     cache, _ = slice_cache_for(ens.cfg, tiny_set, "valid")
-    x, lengths = gather_exams(cache, np.array([0, 1]), model)
+    x, lengths = gather_exams(cache, np.array([0, 1]), model.slices)
     x = ens.pre.normalise(x)
     assert model.encoder.blocks[9].attn.fused_attn  # trained with fused attention
     maps = cls_attention(model.encoder, x, block=10)

@@ -123,7 +123,8 @@ def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int
             device: str = "cpu") -> list[Path]:
     """Overlays for n exams of a split: the most and the least suspicious by the ensemble."""
     from sbssl.data.cache import slice_cache_for
-    from sbssl.engine.inference import gather_exams, load_ensemble, predict_probs
+    from sbssl.data.datasets import gather_exams
+    from sbssl.engine.inference import load_ensemble, predict_probs
 
     ens = load_ensemble(model_dir, device)
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
@@ -134,7 +135,7 @@ def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int
     chosen = list(dict.fromkeys([*order[: (n + 1) // 2].tolist(), *order[::-1][: n // 2].tolist()]))[:n]
     paths = []
     for e in chosen:
-        x, lengths = gather_exams(cache, np.array([e]), ens.models[0])
+        x, lengths = gather_exams(cache, np.array([e]), ens.models[0].slices)
         r = records[e]
         path = Path(out) / f"{split}-{r.case}.png"
         explain_exam(ens.models[0], x, lengths, ens.pre, block, path,

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from sbssl.data.cache import SliceCache
+from sbssl.data.datasets import gather_exams
 from sbssl.data.volume_io import case_id, is_volume_path, load_volume
-from sbssl.engine.inference import Ensemble, compile_for_inference, gather_exams, load_ensemble, predict_probs
+from sbssl.engine.inference import Ensemble, compile_for_inference, load_ensemble, predict_probs
 from sbssl.engine.runtime import inference_bf16
 from sbssl.errors import DataError, SbsslError
 from sbssl.evaluate.report_files import write_member_predictions, write_predictions
@@ -73,7 +74,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
         names.append(name)
         probs.append(p)
         if overlays:
-            x, lengths = gather_exams(cache, np.array([0]), ens.models[0])
+            x, lengths = gather_exams(cache, np.array([0]), ens.models[0].slices)
             explain_exam(ens.models[0], x, lengths, ens.pre, block, out / "overlays" / f"{name}.png",
                          f"{name}: P({ens.cfg.data.task}) = {p:.3f}", int(cache.offsets[-1]), device)
     if names:

@@ -1,18 +1,44 @@
-"""PyTorch datasets over the slice cache: single slices (stage 1) and whole exams (stage 2).
+"""The one data path of both stages: batches of cache rows read whole, through a DataLoader.
 
-Both hand out uint8 tensors; scaling, augmentation and corruption happen batched on the
-training device (see `sbssl.augment`, `sbssl.masking`).
+Stage 1 reads single slices (`SliceDataset`), stage 2 whole exams (`ExamDataset`: the slices its classifier reads
+of each exam, all exams of a batch in one fancy-indexed read). A batch is a list of indices chosen by the engine
+(its shuffled, oversampled, per-rank order), so the loader only reads; both hand out uint8 tensors, and scaling,
+augmentation and corruption happen batched on the training device (see `sbssl.augment`, `sbssl.masking`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from sbssl.data.cache import SliceCache
+
+
+def resample_index(lengths: torch.Tensor, f: int) -> torch.Tensor:
+    """Flat indices (B * f) picking f evenly spaced slices of each exam (repeats when n < f)."""
+    starts = torch.cumsum(lengths, 0) - lengths
+    pos = torch.linspace(0, 1, f, device=lengths.device)[None] * (lengths[:, None] - 1).float()
+    return (starts[:, None] + pos.round().long()).reshape(-1)
+
+
+def gather_index(cache: SliceCache, exams: np.ndarray, slices: int = 0) -> tuple[np.ndarray, torch.Tensor]:
+    """Cache rows of the slices read for these exams -- f = `slices` evenly spaced ones per exam, or all of them
+    (slices = 0) -- and the slices per exam."""
+    exams = np.asarray(exams)
+    lengths = torch.as_tensor(np.diff(cache.offsets)[exams])
+    starts = np.asarray(cache.offsets[exams])
+    if slices <= 0:
+        flat = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths.tolist(), strict=True)])
+        return flat, lengths
+    base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths.numpy())[:-1]]), slices)
+    return resample_index(lengths, slices).numpy() + base, torch.full((len(exams),), slices)
+
+
+def gather_exams(cache: SliceCache, exams: np.ndarray, slices: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The slices read for these exams (N, 1, H, W) uint8, and their lengths."""
+    flat, lengths = gather_index(cache, exams, slices)
+    return torch.from_numpy(cache.data[flat])[:, None], lengths
 
 
 class SliceDataset(Dataset):
@@ -33,23 +59,32 @@ class SliceDataset(Dataset):
 
 
 class ExamDataset(Dataset):
-    """Whole exams with labels; `collate_exams` packs a batch of variable-length exams."""
+    """Whole exams with labels. Indexed with a list of exam indices: a dict of `exams`, `labels`, `lengths` and
+    either `slices` (uint8, the rows the classifier reads) or, with read=False, those `rows` (for a linear
+    probe's feature table)."""
 
-    def __init__(self, cache: SliceCache, labels: Sequence[int | None]):
+    def __init__(self, cache: SliceCache, labels: np.ndarray, slices: int = 0, read: bool = True):
         assert len(labels) == cache.n_exams
-        self.cache, self.labels = cache, list(labels)
+        self.cache, self.labels, self.slices, self.read = cache, np.asarray(labels), slices, read
 
     def __len__(self) -> int:
         return self.cache.n_exams
 
-    def __getitem__(self, e: int) -> tuple[torch.Tensor, int, int]:
-        lab = self.labels[e]
-        return torch.from_numpy(np.array(self.cache.exam(e))), -1 if lab is None else int(lab), e
+    def __getitem__(self, exams) -> dict[str, torch.Tensor]:
+        exams = np.atleast_1d(np.asarray(exams))
+        rows, lengths = gather_index(self.cache, exams, self.slices)
+        out = {"exams": torch.from_numpy(exams), "labels": torch.as_tensor(self.labels[exams]), "lengths": lengths}
+        if self.read:
+            out["slices"] = torch.from_numpy(self.cache.data[rows])[:, None]
+        else:
+            out["rows"] = torch.from_numpy(rows)
+        return out
+
+    __getitems__ = __getitem__
 
 
-def collate_exams(batch) -> dict[str, torch.Tensor]:
-    """Concatenate slices of all exams (one encoder pass) and keep each exam's length."""
-    slices, labels, index = zip(*batch, strict=True)
-    return {"slices": torch.cat(slices)[:, None], "lengths": torch.tensor([len(s) for s in slices]),
-            "labels": torch.tensor(labels), "index": torch.tensor(index)}
-
+def loader(dataset: Dataset, batches: list, workers: int = 0, device="cpu") -> DataLoader:
+    """The given batches of indices, each read whole; with workers, prefetched (pinned on GPU)."""
+    pin = torch.device(device).type == "cuda"
+    return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin,
+                      prefetch_factor=4 if workers else None, persistent_workers=False)

@@ -22,14 +22,13 @@ from sklearn.metrics import roc_auc_score
 
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
+from sbssl.data.datasets import ExamDataset, gather_index, loader
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
     apply_encoder_meta,
     config_json,
     encoder_init,
-    gather_exams,
-    gather_index,
     load_ensemble,
     predict_probs,
     score_split,
@@ -174,14 +173,13 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         start, trainer.step = st["epoch"] + 1, st["step"]
         best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
     be, dev = cfg.finetune.batch_exams, fabric.device
+    exams_ds = ExamDataset(cache, labels, model.slices, read=table is None)
 
-    def loss_of(exams: np.ndarray, draw) -> torch.Tensor:
-        y = torch.as_tensor(labels[exams], device=dev)
+    def loss_of(batch: dict, draw) -> torch.Tensor:
+        y, lengths = batch["labels"].to(dev), batch["lengths"].to(dev)
         if table is not None:  # linear probing: the frozen encoder's features, looked up
-            flat, lengths = gather_index(cache, exams, model)
-            return ExamTask.from_features(model_f, table[torch.from_numpy(flat).to(dev)], lengths.to(dev), y)
-        x_u8, lengths = gather_exams(cache, exams, model)
-        return task(model_f, x_u8.to(dev), lengths.to(dev), y, draw)
+            return ExamTask.from_features(model_f, table[batch["rows"].to(dev)], lengths, y)
+        return task(model_f, batch["slices"].to(dev), lengths, y, draw)
 
     for epoch in range(start, cfg.train.epochs):
         if trainer.finished:
@@ -189,7 +187,8 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         order = oversampled_order(labels, fit, torch.Generator().manual_seed(seed * 1000 + epoch),
                                   cfg.finetune.oversample)
         batches = [order[b * ge: (b + 1) * ge][rank * be: (rank + 1) * be] for b in range(steps_per_epoch)]
-        rec = train_one_epoch(trainer, batches, loss_of, len, epoch,
+        rec = train_one_epoch(trainer, loader(exams_ds, batches, cfg.data.workers, dev), loss_of,
+                              lambda b: len(b["exams"]), epoch,
                               f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
         model_f.eval()
         p = heldout_probs(model_f, model, cache, held, pre, cfg.finetune.batch_exams, fabric.device, table)
@@ -217,6 +216,6 @@ def heldout_probs(model_f, model, cache, held: np.ndarray, pre: Preprocessing, b
     """P(positive) of the held-out exams; a linear probe reads its feature table instead of the encoder."""
     if table is None:
         return predict_probs(model_f, cache, held, pre, device, batch_exams)
-    flat, lengths = gather_index(cache, held, model)
+    flat, lengths = gather_index(cache, held, model.slices)
     logits = model_f(table[torch.from_numpy(flat).to(device)], lengths.to(device), from_features=True)
     return logits.float().softmax(1)[:, 1].cpu().numpy()

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, safe_open
 
 from sbssl.config import load_config
 from sbssl.data.cache import SliceCache
+from sbssl.data.datasets import gather_exams, gather_index
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
@@ -146,33 +147,13 @@ def compile_for_inference(model: SliceClassifier) -> torch.nn.Module:
     return FrozenCompiled(model)
 
 
-def gather_index(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -> tuple[np.ndarray, torch.Tensor]:
-    """Cache rows of the slices a model reads for these exams, and the slices per exam."""
-    lengths = torch.as_tensor(np.diff(cache.offsets)[exams])
-    local = model.select(lengths)
-    starts = np.asarray(cache.offsets[exams])
-    if local is None:
-        flat = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths.tolist(), strict=True)])
-    else:
-        base = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths.numpy())[:-1]]), len(local) // len(exams))
-        flat = local.numpy() + base
-        lengths = torch.full((len(exams),), len(local) // len(exams))
-    return flat, lengths
-
-
-def gather_exams(cache: SliceCache, exams: np.ndarray, model: SliceClassifier) -> tuple[torch.Tensor, torch.Tensor]:
-    """The slices a model reads for these exams (one fancy-indexed read) and their lengths."""
-    flat, lengths = gather_index(cache, exams, model)
-    return torch.from_numpy(cache.data[flat])[:, None], lengths
-
-
 @torch.no_grad()
 def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, pre: Preprocessing, device,
                         batch: int = 256) -> torch.Tensor:
     """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero):
     a linear probe then trains its head on table lookups, never running the encoder again. Precision is the
     caller's (fine-tuning runs it under Fabric's autocast)."""
-    rows = np.unique(gather_index(cache, np.asarray(exams), model)[0])
+    rows = np.unique(gather_index(cache, np.asarray(exams), model.slices)[0])
     table = torch.zeros(len(cache.data), model.encoder.embed_dim, device=device)
     model.eval()
     for i in range(0, len(rows), batch):
@@ -191,7 +172,7 @@ def predict_probs(model, cache: SliceCache, exams: np.ndarray, pre: Preprocessin
     out = []
     for i in range(0, len(exams), batch_exams):
         chunk = np.asarray(exams[i: i + batch_exams])
-        x, lengths = gather_exams(cache, chunk, base)
+        x, lengths = gather_exams(cache, chunk, base.slices)
         x = pre.normalise(x.to(device))
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(x, lengths.to(device))

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader
 
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
-from sbssl.data.datasets import SliceDataset
+from sbssl.data.datasets import SliceDataset, loader
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
@@ -143,15 +142,8 @@ def _pretrain_epoch(run: _Run, epoch: int) -> dict:
         return run.task(run.trainer.model_f, x_u8.to(fabric.device, non_blocking=True), draw,
                         global_count=lambda c: _global_count(fabric, c)).loss
 
-    return train_one_epoch(run.trainer, _loader(run.dataset, batches, cfg.data.workers, fabric.device), loss_of,
+    return train_one_epoch(run.trainer, loader(run.dataset, batches, cfg.data.workers, fabric.device), loss_of,
                            lambda x: x.shape[0], epoch, f"pretrain {epoch + 1}/{cfg.train.epochs}", steps, "img")
-
-
-def _loader(dataset: SliceDataset, batches: list[list[int]], workers: int, device) -> DataLoader:
-    """Batches read whole from the memory-mapped cache; with workers, prefetched (pinned on GPU)."""
-    pin = torch.device(device).type == "cuda"
-    return DataLoader(dataset, batch_size=None, sampler=batches, num_workers=workers, pin_memory=pin,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
 def _global_count(fabric, count: torch.Tensor) -> torch.Tensor:

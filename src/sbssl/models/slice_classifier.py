@@ -13,13 +13,6 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 
-def resample_index(lengths: torch.Tensor, f: int) -> torch.Tensor:
-    """Flat indices (B * f) picking f evenly spaced slices of each exam (repeats when n < f)."""
-    starts = torch.cumsum(lengths, 0) - lengths
-    pos = torch.linspace(0, 1, f, device=lengths.device)[None] * (lengths[:, None] - 1).float()
-    return (starts[:, None] + pos.round().long()).reshape(-1)
-
-
 def _padded(feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum n, K) -> (B, n_max, K) and a validity mask (B, n_max)."""
     padded = pad_sequence(feats.split(lengths.tolist()), batch_first=True)
@@ -112,13 +105,6 @@ class SliceClassifier(nn.Module):
             self.head = nn.Linear(self.aggregate.out_dim, 2)
         else:
             self.head = nn.Sequential(nn.Linear(self.aggregate.out_dim, dim), nn.GELU(), nn.Linear(dim, 2))
-
-    def select(self, lengths: torch.Tensor) -> torch.Tensor | None:
-        """Flat slice indices the model reads: f evenly spaced slices per exam (slices=f > 0; concat needs it),
-        or None for every slice (slices=0)."""
-        if self.slices > 0:
-            return resample_index(lengths, self.slices)
-        return None
 
     def slice_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B * slices, K): what the encoder returns per slice (a ViT's pooled tokens, the CNN's pooled map)."""
