@@ -282,8 +282,8 @@ ENC = _encoder_bytes()
 @given(st.one_of(mutations(ENC), st.binary(max_size=200)))
 def test_encoder_file_survives_damage(blob: bytes):
     """An encoder handed to `init=` is safetensors only: damage is one SbsslError line, never a pickle load."""
-    from sbssl.engine.inference import encoder_init
     from sbssl.errors import SbsslError
+    from sbssl.models.encoder_file import encoder_init
 
     with tempfile.TemporaryDirectory() as tmp:
         path = _write(tmp, "encoder.safetensors", blob)
@@ -298,8 +298,8 @@ def test_encoder_file_survives_damage(blob: bytes):
 def test_pickled_pt_as_encoder_is_refused_unexecuted(tmp_path: Path):
     import torch
 
-    from sbssl.engine.inference import encoder_init
     from sbssl.errors import SbsslError
+    from sbssl.models.encoder_file import encoder_init
 
     marker = tmp_path / "pwned"
 

@@ -13,9 +13,10 @@ from sbssl.augment import SliceAugment, flip_probability
 from sbssl.config import load_config
 from sbssl.data.cache import prepare_volume, roi
 from sbssl.engine.finetune import finetune
-from sbssl.engine.inference import encoder_init, load_ensemble
+from sbssl.engine.inference import load_ensemble
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
+from sbssl.models.encoder_file import encoder_init
 from sbssl.models.vit import create_encoder, set_slice_feature
 from sbssl.predict import predict
 
@@ -78,7 +79,7 @@ def test_roi_and_stem_travel_with_the_encoder(gmml_roi_run: Path):
     sd, meta, _ = encoder_init(str(gmml_roi_run))
     assert (meta["crop"], meta["slab"], meta["stem"]) == ("0.5", "0.6", "conv")
     cfg = load_config(None, [f"init={gmml_roi_run}"])
-    from sbssl.engine.inference import apply_encoder_meta
+    from sbssl.models.encoder_file import apply_encoder_meta
 
     apply_encoder_meta(cfg, meta)
     assert (cfg.data.crop, cfg.data.slab, cfg.model.stem) == (0.5, 0.6, "conv")

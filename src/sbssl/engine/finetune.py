@@ -26,9 +26,7 @@ from sbssl.data.datasets import ExamDataset, gather_index, loader
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
-    apply_encoder_meta,
     config_json,
-    encoder_init,
     load_ensemble,
     predict_probs,
     score_split,
@@ -41,6 +39,7 @@ from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
 from sbssl.evaluate.report_files import write_evaluation
 from sbssl.models.build import build_classifier
+from sbssl.models.encoder_file import apply_encoder_meta, encoder_init
 from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text, trim_jsonl
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, RUN, SPLIT, model_file
 

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
 
 from sbssl.config import load_config
 from sbssl.data.cache import SliceCache
@@ -18,55 +16,9 @@ from sbssl.data.datasets import gather_exams, gather_index
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
+from sbssl.models.encoder_file import read_safetensors
 from sbssl.models.slice_classifier import SliceClassifier
-from sbssl.utils.rundir import CONFIG, ENCODER, RUN
-
-
-def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata; a damaged or foreign file is one clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise SbsslError(f"{path}: file not found")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SbsslError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
-
-
-def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path] | None:
-    """`scratch` -> None; a GMML run folder or encoder.safetensors -> (weights, metadata, path)."""
-    if init in ("", "scratch", "random"):
-        return None
-    if init.startswith("builtin:"):
-        from sbssl.weights import builtin_path
-
-        path = builtin_path(init.split(":", 1)[1])
-    else:
-        path = Path(init)
-    if path.is_dir():
-        path = path / ENCODER
-    sd, meta = read_safetensors(path)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # shipped encoders are fp16
-    if meta.get("format") != "sbssl-gmml-encoder":
-        raise SbsslError(f"{path}: not a GMML encoder written by `sbssl pretrain`")
-    try:  # every field present and of the right type
-        apply_encoder_meta(load_config(), meta)
-        Preprocessing.from_meta(meta)
-    except (KeyError, ValueError, SbsslError) as e:
-        raise SbsslError(f"{path}: damaged encoder metadata ({type(e).__name__}: {str(e)[:80]})") from None
-    return sd, meta, path
-
-
-def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
-    """Fine-tuning takes the pretrained encoder's architecture and the input geometry it learnt at (its
-    intensity scaling travels in the preprocessing record, `Preprocessing.from_meta`)."""
-    cfg.model.name, cfg.model.patch_size = meta["name"], int(meta["patch_size"])
-    cfg.model.in_chans, cfg.data.img_size = int(meta["in_chans"]), int(meta["img_size"])
-    cfg.model.stem = meta.get("stem", "patch")
-    # The region of interest sets the scale the encoder learnt at; encoders written before it existed saw it all.
-    cfg.data.crop, cfg.data.slab = float(meta.get("crop", 1.0)), float(meta.get("slab", 1.0))
+from sbssl.utils.rundir import CONFIG, RUN
 
 
 @dataclass

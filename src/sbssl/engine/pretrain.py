@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from safetensors.torch import save_file
 
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
@@ -28,10 +27,10 @@ from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import GMMLTask
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_gmml
+from sbssl.models.encoder_file import save_encoder
 from sbssl.models.gmml import GMMLAutoencoder
-from sbssl.models.vit import encoder_meta
 from sbssl.utils.draw import Draw
-from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text, trim_jsonl
+from sbssl.utils.io import atomic_write_json, atomic_write_text, trim_jsonl
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG, RUN
 
 log = logging.getLogger("sbssl")
@@ -106,7 +105,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                 "rng": ckpt.rng_state(), "loss": rec["loss"]})
         fabric.barrier()
     if rank0:
-        save_encoder(model, cfg, pre, out / FINISHED)
+        save_encoder(model.encoder, cfg.model.name, pre, out / FINISHED)
         log.info("pretraining done: %s", out / FINISHED)
     fabric.barrier()
     return out / FINISHED
@@ -148,17 +147,7 @@ def _pretrain_epoch(run: _Run, epoch: int) -> dict:
 
 def _global_count(fabric, count: torch.Tensor) -> torch.Tensor:
     """This rank's count of corrupted pixels -> the global batch's mean count: DDP then equals one process."""
-    if fabric.world_size > 1:
-        torch.distributed.all_reduce(count)
-        count = count / fabric.world_size
-    return count
-
-
-def save_encoder(model: GMMLAutoencoder, cfg: DictConfig, pre: Preprocessing, path: Path) -> None:
-    """The encoder alone, as timm names its weights, plus what rebuilds it and its preprocessing record."""
-    meta = {**encoder_meta(model.encoder, cfg.model.name), **pre.to_meta(), "format": "sbssl-gmml-encoder"}
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.encoder.state_dict().items()}
-    atomic_write(path, lambda p: save_file(sd, str(p), metadata=meta))
+    return fabric.all_reduce(count, reduce_op="mean")
 
 
 @torch.no_grad()

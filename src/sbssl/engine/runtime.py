@@ -86,6 +86,4 @@ def run_in_folder(trainer_cfg, out: Path, overwrite: bool, resume: bool, finishe
 def finite_on_all_ranks(fabric: Fabric, loss: torch.Tensor) -> bool:
     """Ranks must agree to skip or stop on a NaN/inf loss, or the others would wait forever in DDP's all-reduce."""
     bad = (~torch.isfinite(loss.detach())).float()
-    if fabric.world_size > 1:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    return not bool(bad)
+    return not bool(fabric.all_reduce(bad, reduce_op="max"))

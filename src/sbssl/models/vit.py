@@ -52,14 +52,6 @@ def stem_of(encoder: VisionTransformer) -> str:
     return "conv" if isinstance(encoder.patch_embed.proj, nn.Sequential) else "patch"
 
 
-def encoder_meta(encoder: VisionTransformer, name: str) -> dict[str, str]:
-    """What rebuilds the encoder (stored in safetensors metadata); a patch-stem encoder loads into
-    `timm.create_model` as it is."""
-    return {"timm_name": VIT_NAMES[name], "name": name, "img_size": str(encoder.patch_embed.img_size[0]),
-            "patch_size": str(encoder.patch_embed.patch_size[0]), "in_chans": str(in_chans_of(encoder)),
-            "stem": stem_of(encoder)}
-
-
 def in_chans_of(encoder: VisionTransformer) -> int:
     proj = encoder.patch_embed.proj
     return (proj[0] if isinstance(proj, nn.Sequential) else proj).in_channels
