@@ -169,7 +169,9 @@ def test_config_stays_as_asked_and_the_preprocessing_record_travels(ft_run: Path
     from sbssl.engine.inference import load_ensemble
 
     asked = OmegaConf.load(ft_run / "config.yaml")
-    assert asked.data.mean == 0.0 and str(asked.init) == str(gmml_run)  # nothing derived written back
+    default = load_config(None)
+    assert (asked.data.mean, asked.data.std) == (default.data.mean, default.data.std)  # nothing derived written
+    assert str(asked.init) == str(gmml_run) and asked.data.root == default.data.root  # back into the config
     _, meta, path = encoder_init(str(gmml_run))
     pre = Preprocessing.from_meta(meta)
     assert pre.mean > 0 and pre.std > 0  # the pretraining set's statistics, decided once
