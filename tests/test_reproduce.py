@@ -44,6 +44,11 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
     assert set(summary["mean_auc_over_tasks"]) == {"sagittal", "coronal", "axial", "fused"}
     html = (out / "report.html").read_text()
     assert "Every task on every plane" in html and "mean over tasks" in html and "Table 1" in html
+    grid_html = html[html.index("Every task on every plane"):]
+    for task in GRID_TASKS:  # each grid row shows that task's fused plane runs (the CNNs), then the fusion
+        cells = [summary["grid"][task][c] for c in ("sagittal", "coronal", "axial", "fused")]
+        want = "".join(f"<td>{c['auc']:.3f} [{c['auc_ci95'][0]:.3f}, {c['auc_ci95'][1]:.3f}]</td>" for c in cells)
+        assert f"<tr><td>{task}</td>{want}</tr>" in grid_html, task
     assert (out / "commands.txt").read_text().count("sbssl fuse") == 3
     again = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY)
     assert again.returncode == 0 and again.stdout.startswith("plan: 19 steps, 19 done")

@@ -153,15 +153,22 @@ def _table(found: Found) -> dict | None:
 
 
 def _grid(found: Found) -> dict | None:
-    """MRNet's grid: AUC [95% CI] per task (rows) and plane (columns), the fused model, and each column's mean
-    over tasks (what the MRNet competition ranks). Shown when the folders hold a fusion."""
-    if not found.fused:
-        return None
+    """MRNet's grid: AUC [95% CI] per task (rows) for each fused model's plane runs and the fused model, and each
+    column's mean over tasks (what the MRNet competition ranks). Shown when the folders hold a fusion."""
     cells: dict[tuple[str, str], dict] = {}
-    for run in found.finetune + found.fused:
-        m = json.loads((run / METRICS).read_text())
-        col = "fused" if run in found.fused else m["plane"]
-        cells.setdefault((m["task"], col), {"auc": m["auc"], "lo": m["auc_ci95"][0], "hi": m["auc_ci95"][1]})
+
+    def cell(metrics_path: Path) -> dict:
+        m = json.loads(metrics_path.read_text())
+        return {"auc": m["auc"], "lo": m["auc_ci95"][0], "hi": m["auc_ci95"][1]}
+
+    for fused in found.fused:
+        f = json.loads((fused / FUSION).read_text())
+        cells[(f["task"], "fused")] = cell(fused / METRICS)
+        for plane, run in zip(f["planes"], f["runs"], strict=True):
+            if (Path(run) / METRICS).exists():
+                cells[(f["task"], plane)] = cell(Path(run) / METRICS)
+    if not cells:
+        return None
     tasks = sorted({t for t, _ in cells})
     cols = [c for c in (*PLANES, "fused") if any((t, c) in cells for t in tasks)]
     means = [float(np.mean([cells[(t, c)]["auc"] for t in tasks])) if all((t, c) in cells for t in tasks) else None
