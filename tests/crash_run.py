@@ -34,8 +34,7 @@ def _counting(n: int):
 def install(spec: str) -> None:
     import torch
 
-    import sbssl.engine.finetune as finetune
-    import sbssl.engine.pretrain as pretrain
+    import sbssl.engine.loop as loop
 
     kind, n = spec.split(":")
     hit = _counting(int(n))
@@ -55,15 +54,14 @@ def install(spec: str) -> None:
 
         torch.save = save
     elif kind == "step":
-        for module in (pretrain, finetune):
-            real = module.apply_schedule
+        real = loop.apply_schedule  # the start of every optimiser step, in both stages
 
-            def apply_schedule(opt, lr, wd, _real=real):
-                if hit():
-                    _die()
-                return _real(opt, lr, wd)
+        def apply_schedule(opt, lr, wd):
+            if hit():
+                _die()
+            return real(opt, lr, wd)
 
-            module.apply_schedule = apply_schedule
+        loop.apply_schedule = apply_schedule
     else:
         raise SystemExit(f"crash_run: unknown SBSSL_KILL={spec!r}")
 

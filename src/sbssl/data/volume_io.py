@@ -180,13 +180,21 @@ def dicom_pixels(ds, path: Path) -> np.ndarray:
             img = ds.pixel_array.astype(np.float32)
     except Exception as e:
         msg = str(e)
-        if syntax is not None and syntax.is_compressed and ("missing" in msg or "plugin" in msg or "decod" in msg):
+        if _is_compressed(syntax) and ("missing" in msg or "plugin" in msg or "decod" in msg):
             needs = "; ".join(ln.strip(" \t-") for ln in msg.splitlines()[1:] if ln.strip()) or _short(e)
             raise DataError(path, f"compressed transfer syntax '{syntax.name}' ({syntax}) cannot be decoded: "
                                   f"install one of: {needs}") from None
         raise DataError(path, f"unreadable DICOM pixel data ({_short(e)})") from None
     slope, intercept = _rescale(ds)
     return img * slope + intercept
+
+
+def _is_compressed(syntax) -> bool:
+    """A damaged header may hold a UID that is no transfer syntax at all."""
+    try:
+        return syntax is not None and bool(syntax.is_compressed)
+    except (ValueError, AttributeError):
+        return False
 
 
 def _rescale(ds) -> tuple[float, float]:
