@@ -12,7 +12,6 @@ anything it names is called.
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import pickle
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sbssl.data.layout import read_csv_rows
 from sbssl.data.volume_io import check_volume
 from sbssl.errors import DataError
 from sbssl.utils.io import atomic_write_json, atomic_write_text, save_npy_atomic
@@ -111,13 +111,7 @@ class KneeRow:
 def read_metadata(path: Path) -> list[KneeRow]:
     """metadata.csv -> rows; each fault names the file and the row."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(path, "metadata file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"unreadable metadata file ({e.__class__.__name__})") from None
-    rows = list(csv.reader(text.splitlines()))
+    rows = read_csv_rows(path, "metadata")
     if not rows or tuple(c.strip() for c in rows[0]) != COLUMNS:
         raise DataError(path, f"header must be {','.join(COLUMNS)}")
     out, seen = [], set()

@@ -34,20 +34,26 @@ def _key(case: str) -> str:
     return (case.lstrip("0") or "0") if case.isascii() and case.isdigit() else case
 
 
-def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, int]]:
-    """Label CSV -> {key: (case as written, 0/1)}; faults name the file and row."""
+def read_csv_rows(path: Path, what: str) -> list[list[str]]:
+    """A CSV file's rows (BOM tolerated); a missing, unreadable or malformed file is one DataError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError(path, "label file not found") from None
+        raise DataError(path, f"{what} file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"unreadable label file ({e.__class__.__name__})") from None
-    out: dict[str, tuple[str, int]] = {}
+        raise DataError(path, f"unreadable {what} file ({e.__class__.__name__})") from None
     try:
-        rows = list(csv.reader(text.splitlines()))
+        return list(csv.reader(text.splitlines()))
     except csv.Error as e:
         raise DataError(path, f"malformed CSV ({e})") from None
+
+
+def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, int]]:
+    """Label CSV -> {key: (case as written, 0/1)}; faults name the file and row."""
+    path = Path(path)
+    rows = read_csv_rows(path, "label")
+    out: dict[str, tuple[str, int]] = {}
     for i, row in enumerate(rows, 1):
         row = [c.strip() for c in row]
         if not row or all(c == "" for c in row):
