@@ -30,9 +30,10 @@ from sbssl.utils.rundir import ENCODER, METRICS
 log = logging.getLogger("sbssl")
 
 GRID_TASKS = TASKS  # the MRNet competition ranks by their mean AUC
-# Seconds per unit of work measured on a 2-core AMD EPYC with AVX512-BF16 (bf16 autocast), CPU recipes at 32 px:
-# GMML ViT-T pretraining ~55 slices/s; ViT-T fine-tuning ~7.5 exams/s (8 slices each); the CNN ~4x faster.
-# Paper scale: the scaling benchmark's ViT-S at 256 px on one H100 (~3,000 img/s pretraining).
+# Throughputs for the plan's estimates. cpu: measured on a 2-core AMD EPYC with AVX512-BF16 (bf16 autocast), CPU
+# recipes at 32 px: GMML ViT-T pretraining ~55 slices/s, ViT-T fine-tuning ~7.5 exams/s (8 slices each), the CNN
+# ~4x faster (a whole `reproduce --scale cpu` took 30 min against an estimate of 35). paper: the scaling benchmark's
+# ViT-S at 256 px on one H100 (~3,000 img/s pretraining; fine-tuning's 32-slice exams at ~2,000 img/s).
 RATES = {"cpu": {"pretrain": 55.0, "vit": 7.5, "cnn": 30.0}, "paper": {"pretrain": 3000.0, "vit": 60.0, "cnn": 60.0}}
 
 
