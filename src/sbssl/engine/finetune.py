@@ -108,7 +108,7 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
                                       "init": f"gmml:{init[2]}" if init is not None else "scratch"})
         atomic_write_text(out / SPLIT, json.dumps({"fit": [records[i].case for i in fit],
-                                                          "held_out": [records[i].case for i in held]}) + "\n")
+                                                  "held_out": [records[i].case for i in held]}) + "\n")
     for m in range(cfg.finetune.ensemble):
         seed = cfg.train.seed + m
         path = out / model_file(seed)
