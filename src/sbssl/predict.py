@@ -47,6 +47,12 @@ def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
     return SliceCache(u8, np.array([0, len(u8)]), [name], ens.pre.mean, ens.pre.std)
 
 
+def exam_probability(ens: Ensemble, cache: SliceCache, device: str, bf16: bool, scorers=None) -> float:
+    """The ensemble-mean P(positive) of a one-exam cache (`scorers`: the members, compiled or not)."""
+    return float(np.mean([predict_probs(m, cache, np.array([0]), ens.pre, device, 1, bf16)[0]
+                          for m in scorers or ens.models]))
+
+
 def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
             block: int = 10, compile: bool = False) -> int:
     """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs.
@@ -70,7 +76,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        p = float(np.mean([predict_probs(m, cache, np.array([0]), ens.pre, device, 1, bf16)[0] for m in scorers]))
+        p = exam_probability(ens, cache, device, bf16, scorers)
         names.append(name)
         probs.append(p)
         if overlays:
@@ -119,9 +125,8 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
     names, per_plane = [], {pl: [] for pl in planes}
     for case, series in exams.items():
         try:
-            p = {pl: float(np.mean([predict_probs(m, exam_cache(load_volume(series[pl]), runs[pl], case),
-                                                  np.array([0]), runs[pl].pre, device, 1, bf16)[0]
-                                    for m in runs[pl].models])) for pl in planes}
+            p = {pl: exam_probability(runs[pl], exam_cache(load_volume(series[pl]), runs[pl], case), device, bf16)
+                 for pl in planes}
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1

@@ -162,8 +162,11 @@ def split_exams(rows: list[KneeRow], labels: dict[str, int], valid_fraction: flo
     """The exam ids that go to valid: stratified on the exam's label, all series of an exam on one side."""
     from sklearn.model_selection import train_test_split
 
-    exams = sorted({r.exam for r in rows})
-    y = [max(labels[r.case] for r in rows if r.exam == e) for e in exams]
+    exam_label: dict[str, int] = {}
+    for r in rows:  # an exam is positive when any of its series is
+        exam_label[r.exam] = max(exam_label.get(r.exam, 0), labels[r.case])
+    exams = sorted(exam_label)
+    y = [exam_label[e] for e in exams]
     n_valid = max(1, round(valid_fraction * len(exams)))
     strat = y if min(y.count(0), y.count(1)) >= 2 and n_valid >= 2 else None
     _, valid = train_test_split(exams, test_size=n_valid, random_state=seed, stratify=strat)

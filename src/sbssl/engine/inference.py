@@ -132,13 +132,23 @@ def predict_probs(model, cache: SliceCache, exams: np.ndarray, pre: Preprocessin
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def score_split(ens: Ensemble, root: Path, split: str, device="cpu") -> tuple[list, np.ndarray]:
-    """(the split's exam records, every member's P(positive) as (members, exams))."""
+def score_split(ens: Ensemble, root: Path, split: str, device="cpu", cases: list[str] | None = None
+                ) -> tuple[list, np.ndarray]:
+    """(the split's exam records, every member's P(positive) as (members, exams)); with `cases`, only those
+    exams, in that order."""
     from sbssl.data.cache import slice_cache_for
     from sbssl.engine.runtime import inference_bf16
 
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
-    exams, bf16 = np.arange(len(records)), inference_bf16(device)
+    exams = np.arange(len(records))
+    if cases is not None:
+        where = {r.case: i for i, r in enumerate(records)}
+        missing = [c for c in cases if c not in where]
+        if missing:
+            raise SbsslError(f"exam {missing[0]} of the {split} split not found under {root}")
+        exams = np.array([where[c] for c in cases], dtype=int)
+        records = [records[i] for i in exams]
+    bf16 = inference_bf16(device)
     probs = np.stack([predict_probs(m, cache, exams, ens.pre, device, ens.cfg.finetune.batch_exams, autocast=bf16)
                       for m in ens.models])
     return records, probs

@@ -39,22 +39,10 @@ def held_out_cases(run: Path) -> list[str]:
 def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = None,
                    device: str = "cpu") -> tuple[list[str], np.ndarray, np.ndarray]:
     """(cases, labels, ensemble-mean probability) of a run on a split, for the given cases (default: all)."""
-    from sbssl.data.cache import slice_cache_for
-    from sbssl.engine.inference import load_ensemble, predict_probs
-    from sbssl.engine.runtime import inference_bf16
+    from sbssl.engine.inference import load_ensemble, score_split
 
-    ens = load_ensemble(run, device)
-    cache, records = slice_cache_for(ens.cfg, Path(root), split)
-    where = {r.case: i for i, r in enumerate(records)}
-    cases = [r.case for r in records] if cases is None else cases
-    missing = [c for c in cases if c not in where]
-    if missing:
-        raise SbsslError(f"{run}: exam {missing[0]} of the {split} split not found under {root}")
-    idx = np.array([where[c] for c in cases])
-    bf16 = inference_bf16(device)
-    p = np.mean([predict_probs(m, cache, idx, ens.pre, device, ens.cfg.finetune.batch_exams, autocast=bf16)
-                 for m in ens.models], axis=0)
-    return cases, np.array([records[i].label for i in idx]), p
+    records, probs = score_split(load_ensemble(run, device), root, split, device, cases)
+    return [r.case for r in records], np.array([r.label for r in records]), probs.mean(0)
 
 
 def check_runs(runs: list[Path]) -> tuple[list, str, list[str]]:
