@@ -18,7 +18,7 @@ from sbssl.engine.finetune import finetune, labelled_subset, oversampled_order, 
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import apply_encoder_meta, encoder_init
-from sbssl.models.slice_classifier import AGGREGATORS, SliceClassifier
+from sbssl.models.slice_classifier import AGGREGATORS, InstanceAggregator, MRNetCNN, SliceClassifier
 from sbssl.models.vit import create_encoder
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
@@ -43,6 +43,30 @@ def test_aggregators_with_exams_of_different_lengths(name: str):
     # an exam's logits do not depend on the other exams of the batch
     alone = model(x[:4] if sel is not None else x[:3], lengths[:1].clone().fill_(4 if sel is not None else 3))
     assert torch.allclose(alone, logits[:1], atol=1e-5)
+
+
+def test_instance_aggregator_scores_every_token_then_takes_the_max():
+    torch.manual_seed(0)
+    agg = InstanceAggregator(6).eval()
+    feats, lengths = torch.randn(5, 4, 6), torch.tensor([2, 3])  # 5 slices of 4 tokens, exams of 2 and 3 slices
+    score, weights = agg(feats, lengths)
+    tok = agg.token_scores(feats)
+    assert torch.allclose(score[:, 0], torch.stack([tok[:2].max(), tok[2:].max()]))
+    assert torch.allclose(weights.sum(1), torch.ones(2)) and weights[0, 2] == 0  # the padded slice weighs 0
+    # one token made strongly positive on the scorer's direction lifts its own exam only
+    lifted = feats.clone()
+    lifted[3, 1] += 50 * agg.score.weight[0] / agg.score.weight.norm()
+    score2, _ = agg(lifted, lengths)
+    assert score2[1, 0] > score[1, 0] + 1 and torch.equal(score2[0], score[0])
+    # in a classifier: softmax of the two logits is the sigmoid of the exam score
+    model = SliceClassifier(create_encoder("vit_tiny", 32, 8, 1, 0.0), "instance").eval()
+    x = torch.randn(5, 1, 32, 32)
+    assert model.slice_features(x).shape == (5, 16, 192)  # every patch token, no class token
+    logits = model(x, lengths)
+    s, _ = model.aggregate(model.slice_features(x), lengths)
+    assert torch.allclose(logits.softmax(1)[:, 1], torch.sigmoid(s[:, 0]), atol=1e-6)
+    with pytest.raises(ValueError, match="patch tokens"):
+        SliceClassifier(MRNetCNN(1, 32), "instance")
 
 
 def test_resample_index_spans_each_exam():

@@ -87,19 +87,20 @@ def test_roi_and_stem_travel_with_the_encoder(gmml_roi_run: Path):
     model.encoder.load_state_dict(sd)
 
 
+@pytest.mark.parametrize("aggregator", ["max", "instance"])
 def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run: Path, tiny_set: Path,
-                                                                  tmp_path: Path):
+                                                                  tmp_path: Path, aggregator: str):
     out = tmp_path / "probe"
     cfg = load_config(None, FT + [f"init={gmml_roi_run}", "finetune.freeze=true", "finetune.ensemble=1",
-                                  "train.epochs=3", "finetune.aggregator=max", "finetune.slice_feature=max"])
+                                  "train.epochs=3", f"finetune.aggregator={aggregator}", "finetune.slice_feature=max"])
     finetune(cfg, tiny_set, out)
     enc0, _, _ = encoder_init(str(gmml_roi_run))
     sd = load_file(str(out / "model-0.safetensors"))
     for k, v in enc0.items():  # the encoder is exactly the pretrained one
         assert torch.equal(sd[f"encoder.{k}"], v), k
-    first = load_config(None, [f"init={gmml_roi_run}"])
+    first = load_config(None, [f"init={gmml_roi_run}", f"finetune.aggregator={aggregator}"])
     assert any(not torch.equal(sd[k], v) for k, v in build_classifier(first).state_dict().items()
-               if k.startswith("head"))  # the head trained
+               if k.startswith(("head", "aggregate")) and v.is_floating_point())  # the read-out trained
     ens = load_ensemble(out)
     assert (ens.cfg.data.crop, ens.cfg.data.slab, ens.cfg.finetune.freeze) == (0.5, 0.6, True)
     # predict on a raw volume reads the same region as training did

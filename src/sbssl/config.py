@@ -96,7 +96,7 @@ class TrainerConfig:
 @dataclass
 class FinetuneConfig:
     ensemble: int = 5
-    aggregator: str = "concat"  # concat | max | mean | attention
+    aggregator: str = "concat"  # concat | max | mean | attention | instance (scores every patch token, max)
     slice_feature: str = "cls"  # cls (the paper's class token) | max | mean over the patch tokens
     slices: int = 32  # f: every exam is resampled to f evenly spaced slices; 0 = all (not for concat)
     val_fraction: float = 0.2  # held-out part of train for model selection (never the reported split)
@@ -124,7 +124,7 @@ CHOICES = {
     "data.plane": PLANES,
     "data.task": TASKS,
     "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
-    "finetune.aggregator": ("concat", "max", "mean", "attention"),
+    "finetune.aggregator": ("concat", "max", "mean", "attention", "instance"),
     "finetune.select": ("auc", "last"),
     "finetune.slice_feature": ("cls", "max", "mean"),
     "model.stem": ("patch", "conv"),

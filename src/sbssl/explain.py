@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from sbssl.data.preprocessing import Preprocessing
-from sbssl.models.slice_classifier import AttentionAggregator, SliceClassifier
+from sbssl.models.slice_classifier import SliceClassifier
 
 
 @contextmanager
@@ -54,20 +54,20 @@ def cls_attention(encoder: VisionTransformer, x: torch.Tensor, block: int = 10) 
 def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
     """Per exam, how much each (read) slice weighed in the decision.
 
-    attention aggregator: its attention weights; concat/max/mean: occlusion, the drop
+    attention and instance aggregators: their slice weights; concat/max/mean: occlusion, the drop
     in P(positive) when one slice's feature is replaced by the exam's mean feature.
     """
     feats = model.slice_features(x).float()
-    if isinstance(model.aggregate, AttentionAggregator):
-        _, w = model.aggregate(feats, lengths)
+    _, w = model.aggregate(feats, lengths)
+    if w is not None:
         return [w[i, : n].cpu().numpy() for i, n in enumerate(lengths.tolist())]
     out = []
     for fe in feats.split(lengths.tolist()):
         n = fe.shape[0]
-        variants = fe[None].repeat(n + 1, 1, 1)
+        variants = fe[None].repeat(n + 1, *[1] * fe.ndim)
         variants[torch.arange(1, n + 1), torch.arange(n)] = fe.mean(0)
         lens = torch.full((n + 1,), n)
-        pooled, _ = model.aggregate(variants.reshape(-1, fe.shape[1]), lens)
+        pooled, _ = model.aggregate(variants.reshape(-1, *fe.shape[1:]), lens)
         prob = model.head(pooled).softmax(1)[:, 1]
         drop = (prob[0] - prob[1:]).abs()
         out.append((drop / drop.sum().clamp(min=1e-12)).cpu().numpy())

@@ -102,16 +102,20 @@ def compile_for_inference(model: SliceClassifier) -> torch.nn.Module:
 @torch.no_grad()
 def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, pre: Preprocessing, device,
                         batch: int = 256) -> torch.Tensor:
-    """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero):
+    """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero;
+    (cache rows, T, K) for a token-scoring aggregator):
     a linear probe then trains its head on table lookups, never running the encoder again. Precision is the
     caller's (fine-tuning runs it under Fabric's autocast)."""
     rows = np.unique(gather_index(cache, np.asarray(exams), model.slices)[0])
-    table = torch.zeros(len(cache.data), model.encoder.embed_dim, device=device)
+    table = None
     model.eval()
     for i in range(0, len(rows), batch):
         r = rows[i: i + batch]
         x = pre.normalise(torch.from_numpy(cache.data[r])[:, None].to(device))
-        table[torch.from_numpy(r).to(device)] = model.slice_features(x).float()
+        f = model.slice_features(x).float()
+        if table is None:
+            table = torch.zeros(len(cache.data), *f.shape[1:], device=device)
+        table[torch.from_numpy(r).to(device)] = f
     return table
 
 

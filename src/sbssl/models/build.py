@@ -24,6 +24,6 @@ def build_classifier(cfg: DictConfig) -> SliceClassifier:
     m = cfg.model
     if m.name == "mrnet_cnn":  # MRNet: max over slices, one linear layer
         return SliceClassifier(MRNetCNN(m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices, linear_head=True)
-    enc = set_slice_feature(build_encoder(cfg), cfg.finetune.slice_feature)
+    enc = set_slice_feature(build_encoder(cfg), cfg.finetune.slice_feature)  # a token aggregator overrides it
     enc.set_grad_checkpointing(m.grad_checkpointing)
     return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices)

@@ -71,8 +71,9 @@ POOLS = {"cls": "token", "max": "max", "mean": "avg"}  # slice feature -> timm's
 
 def set_slice_feature(encoder: VisionTransformer, kind: str = "cls") -> VisionTransformer:
     """Make `encoder(x)` return one feature (B, D) per slice from its final, normed tokens: the class token (the
-    paper's), or the max or mean over the patch tokens. A tear fills one or two patch tokens of one or two
-    slices; the max gives that token a direct path to the exam's logit (multiple-instance pooling within the
+    paper's), or the max or mean over the patch tokens (an aggregator that scores every token,
+    slice_classifier.InstanceAggregator, takes them all instead). A tear fills one or two patch tokens of one or
+    two slices; the max gives that token a direct path to the exam's logit (multiple-instance pooling within the
     slice, as the max over slices does across them), where the class token must first learn to attend to it.
     timm's pool after its final norm (its fc_norm stays off: it is chosen when the model is built)."""
     if kind not in POOLS:
