@@ -34,7 +34,11 @@ from sbssl.evaluate.metrics import paired_auc_difference  # noqa: E402
 from sbssl.evaluate.report_files import load_metrics, read_predictions  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 
-ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "scratch": "random init"}
+ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML, frozen, token scoring",
+        "mil-random": "random, frozen, token scoring", "scratch": "random init"}
+COLOURS = {"gmml": "tab:blue", "probe": "tab:green", "mil": "tab:purple", "mil-random": "tab:grey",
+           "scratch": "tab:orange"}
+READOUT_STEPS = 600  # a frozen encoder's read-out trains on a feature table: steps cost next to nothing
 
 
 def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184) -> int:
@@ -46,6 +50,10 @@ def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184
 def arm_overrides(arm: str, encoder: str) -> list[str]:
     if arm == "scratch":
         return ["init=scratch"]
+    if arm.startswith("mil"):  # the instance read-out of frozen tokens (finetune.aggregator=instance), last epoch
+        return [f"init={encoder if arm == 'mil' else 'scratch'}", "finetune.freeze=true",
+                "finetune.aggregator=instance", "finetune.select=last",
+                "train.lr=0.32", "train.weight_decay=1e-3", "train.weight_decay_end=1e-3"]
     return [f"init={encoder}"] + (["finetune.freeze=true", "train.lr=0.32", "train.weight_decay=1e-4",
                                    "train.weight_decay_end=1e-4"] if arm == "probe" else [])
 
@@ -72,7 +80,10 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = sorted({p["labels"] for p in points})
-    for (arm, label), colour in zip(ARMS.items(), ("tab:blue", "tab:green", "tab:orange"), strict=True):
+    for arm, label in ARMS.items():
+        if not any(p["arm"] == arm for p in points):
+            continue
+        colour = COLOURS[arm]
         mean = [np.mean([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
         lo = [np.min([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
         hi = [np.max([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
@@ -103,7 +114,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="builtin:cpu", help="a GMML encoder: builtin:cpu or a pretraining run")
     ap.add_argument("--labels", default="25,50,100,200,0", help="labelled exam counts; 0 = all")
     ap.add_argument("--seeds", default="0,1,2", help="subset (and member) seeds")
-    ap.add_argument("--arms", default="gmml,probe,scratch")
+    ap.add_argument("--arms", default="gmml,probe,mil,mil-random,scratch")
     ap.add_argument("--steps", type=int, default=80, help="optimiser steps per run (epochs follow from n)")
     ap.add_argument("--finetune", default="", help="extra fine-tuning overrides")
     ap.add_argument("--docs", default=str(HERE.parent / "docs" / "label_efficiency.png"))
@@ -117,11 +128,11 @@ def main() -> None:
     points, diffs = [], []
     for n in [int(v) for v in a.labels.split(",")]:
         n_used = n if 0 < n < n_all else n_all
-        epochs = epochs_for(n_used, a.steps)
         runs: dict[str, list[Path]] = {arm: [] for arm in arms}
         for seed in seeds:
             for arm in arms:
                 run = work / f"{arm}-{n_used}-s{seed}"
+                epochs = epochs_for(n_used, READOUT_STEPS if arm.startswith("mil") else a.steps)
                 over = ["finetune.ensemble=1", f"finetune.labels={n}", f"train.seed={seed}",
                         f"train.epochs={epochs}", *arm_overrides(arm, a.encoder), *a.finetune.split()]
                 if not (run / "metrics.json").exists():
@@ -133,10 +144,12 @@ def main() -> None:
                 print(f"n={n_used:4d} seed {seed} {arm:8s} epochs {epochs:3d} AUC {m['auc']:.3f} "
                       f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
-        for arm in (x for x in ("gmml", "probe") if x in arms and "scratch" in arms):
-            d = seed_averaged_difference(runs[arm], runs["scratch"])
-            diffs.append({"arm": f"{arm}-scratch", "labels": n_used, **d})
-            print(f"n={n_used:4d} {arm} - scratch: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+        pairs = [(x, "scratch") for x in ("gmml", "probe", "mil") if x in arms and "scratch" in arms]
+        pairs += [("mil", "mil-random")] if {"mil", "mil-random"} <= set(arms) else []
+        for arm, base in pairs:
+            d = seed_averaged_difference(runs[arm], runs[base])
+            diffs.append({"arm": f"{arm} - {base}", "labels": n_used, **d})
+            print(f"n={n_used:4d} {arm} - {base}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
                   f" (per seed {', '.join(f'{v:+.3f}' for v in d['per_seed'])})", flush=True)
     title = (f"ACL, sagittal, synthetic {a.size} px (difficulty {a.difficulty}), valid n={a.valid}, "
              f"{len(seeds)} subset seeds" if not a.data else f"ACL, sagittal: {data}")

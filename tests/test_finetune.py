@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +52,15 @@ def test_instance_aggregator_scores_every_token_then_takes_the_max():
     feats, lengths = torch.randn(5, 4, 6), torch.tensor([2, 3])  # 5 slices of 4 tokens, exams of 2 and 3 slices
     score, weights = agg(feats, lengths)
     tok = agg.token_scores(feats)
-    assert torch.allclose(score[:, 0], torch.stack([tok[:2].max(), tok[2:].max()]))
+    lme = [(torch.logsumexp(4 * t.flatten(), 0) - math.log(t.numel())) / 4 for t in (tok[:2], tok[2:])]
+    assert torch.allclose(score[:, 0], torch.stack(lme), atol=1e-5)  # a smooth max over all the exam's tokens
+    assert all(t.mean() < s < t.max() for t, s in zip((tok[:2], tok[2:]), score[:, 0], strict=True))
     assert torch.allclose(weights.sum(1), torch.ones(2)) and weights[0, 2] == 0  # the padded slice weighs 0
     # one token made strongly positive on the scorer's direction lifts its own exam only
     lifted = feats.clone()
     lifted[3, 1] += 50 * agg.score.weight[0] / agg.score.weight.norm()
     score2, _ = agg(lifted, lengths)
-    assert score2[1, 0] > score[1, 0] + 1 and torch.equal(score2[0], score[0])
+    assert score2[1, 0] > score[1, 0] + 5 and torch.equal(score2[0], score[0])
     # in a classifier: softmax of the two logits is the sigmoid of the exam score
     model = SliceClassifier(create_encoder("vit_tiny", 32, 8, 1, 0.0), "instance").eval()
     x = torch.randn(5, 1, 32, 32)

@@ -11,11 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sbssl.config import load_config
+from sbssl.data.cache import roi, slice_cache_for
 from sbssl.data.kneemri import load_pck, read_metadata
 from sbssl.data.layout import list_exams
+from sbssl.engine.finetune import finetune
 from sbssl.errors import DataError
 
-from .conftest import assert_user_error, run_cli
+from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 
 HEADER = "examId,seriesNo,aclDiagnosis,kneeLR,roiX,roiY,roiZ,roiHeight,roiWidth,roiDepth,volumeFilename\n"
 
@@ -164,3 +167,36 @@ def test_external_validation_of_a_model_trained_elsewhere(ft_run: Path, tmp_path
     assert m["n"] == len(valid) and m["positives"] == sum(r.label for r in valid)
     cases = [r["case"] for r in csv.DictReader((tmp_path / "ext" / "predictions.csv").open())]
     assert cases == [r.case for r in valid]
+
+
+def test_roi_box_region_is_the_box_slices_and_its_square():
+    vol = np.arange(6 * 32 * 32, dtype=np.float32).reshape(6, 32, 32)
+    np.testing.assert_array_equal(roi(vol, 0.5, 0.5, box=(4, 5, 1, 20, 22, 3)), vol[1:4, 4:26, 4:26])
+    # at the field's edge the square shifts inside; a box deeper than the stack keeps the slices there are
+    np.testing.assert_array_equal(roi(vol, box=(28, 28, 5, 10, 10, 4)), vol[5:6, 22:32, 22:32])
+    with pytest.raises(ValueError, match="outside"):
+        roi(vol, box=(0, 0, 6, 4, 4, 1))
+
+
+def test_finetune_and_predict_on_roi_boxes(tmp_path: Path):
+    src, dst = tmp_path / "kneemri", tmp_path / "out"
+    vols = kneemri_folder(src)
+    assert run_cli("import", "kneemri", src, "--out", dst, "--valid-fraction", "0.3").returncode == 0
+    cfg = load_config(None, TINY_VIT + FT + ["finetune.ensemble=1", "train.epochs=1", "data.roi=box",
+                                             "finetune.aggregator=max"])
+    cache, recs = slice_cache_for(cfg, dst, "train")
+    assert all(r.box is not None for r in recs) and set(np.diff(cache.offsets)) == {3}  # each box is 3 slices deep
+    run = tmp_path / "run"
+    finetune(cfg, dst, run)
+    assert json.loads((run / "run.json").read_text())["preprocessing"]["roi"] == "box"
+    exam = tmp_path / "new"
+    exam.mkdir()
+    np.save(exam / "101-1.npy", vols["101-1.pck"])
+    res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p0", "--no-overlays")
+    assert res.returncode != 0 and "roi.csv: no ROI box for 101-1" in res.stderr  # the model needs the box
+    (exam / "roi.csv").write_text("case,x,y,z,height,width,depth\n101-1,4,5,1,20,22,3\n")
+    res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p1", "--no-overlays")
+    assert res.returncode == 0, res.stderr
+    (exam / "roi.csv").write_text("case,x,y,z,height,width,depth\n101-1,4,5,1,0,22,3\n")
+    res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p2", "--no-overlays")
+    assert res.returncode != 0 and "roi.csv: row 2" in res.stderr

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sbssl.data.layout import PLANES, TASKS
+from sbssl.data.layout import PLANES, ROI_MODES, TASKS
 from sbssl.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -28,6 +28,7 @@ class DataConfig:
     img_size: int = 256
     crop: float = 1.0  # region of interest: central fraction of each in-plane side kept (1 = the full field)
     slab: float = 1.0  # region of interest: central fraction of the stack kept (1 = every slice)
+    roi: str = "center"  # center (crop + slab) | box: each exam's ROI box from its split's roi.csv (KneeMRI)
     cache_dir: str = ""  # default: ROOT/.sbssl-cache, else ~/.cache/sbssl
     workers: int = 0  # DataLoader worker processes (the cache makes 0 fast enough on CPU)
     mean: float = -1.0  # dataset statistics of [0,1]-scaled slices; -1 = from the train split
@@ -123,6 +124,7 @@ class Config:
 CHOICES = {
     "data.plane": PLANES,
     "data.task": TASKS,
+    "data.roi": ROI_MODES,
     "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
     "finetune.aggregator": ("concat", "max", "mean", "attention", "instance"),
     "finetune.select": ("auc", "last"),

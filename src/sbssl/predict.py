@@ -14,6 +14,7 @@ import numpy as np
 
 from sbssl.data.cache import SliceCache
 from sbssl.data.datasets import gather_exams
+from sbssl.data.layout import ROI_FILE, case_key, read_roi_boxes
 from sbssl.data.volume_io import case_id, is_volume_path, load_volume
 from sbssl.engine.inference import Ensemble, compile_for_inference, load_ensemble, predict_probs
 from sbssl.engine.runtime import inference_bf16
@@ -41,9 +42,25 @@ def _is_series(folder: Path) -> bool:
                for c in folder.iterdir())
 
 
-def exam_cache(vol: np.ndarray, ens: Ensemble, name: str) -> SliceCache:
+def roi_box(ens: Ensemble, path: Path, name: str) -> tuple[int, ...] | None:
+    """A model that reads ROI boxes (data.roi=box) takes each exam's from a roi.csv beside its file or folder."""
+    if ens.pre.roi != "box":
+        return None
+    table = Path(path).parent / ROI_FILE
+    box = read_roi_boxes(table).get(case_key(name)) if table.is_file() else None
+    if box is None:
+        raise DataError(table, f"no ROI box for {name} (this model reads one per exam: case,x,y,z,height,width,"
+                               "depth)")
+    return box
+
+
+def exam_cache(vol: np.ndarray, ens: Ensemble, name: str, box: tuple[int, ...] | None = None
+               ) -> SliceCache:
     """One exam prepared exactly as in training, wrapped as a one-exam cache."""
-    u8 = ens.pre.prepare(vol)
+    try:
+        u8 = ens.pre.prepare(vol, box)
+    except ValueError as e:
+        raise DataError(name, str(e)) from None
     return SliceCache(u8, np.array([0, len(u8)]), [name], ens.pre.mean, ens.pre.std)
 
 
@@ -71,7 +88,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
     for f in files:
         name = case_id(f)
         try:
-            cache = exam_cache(load_volume(f), ens, name)
+            cache = exam_cache(load_volume(f), ens, name, roi_box(ens, f, name))
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1

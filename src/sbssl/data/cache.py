@@ -21,17 +21,24 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from sbssl.data.layout import ExamRecord, list_exams
+from sbssl.data.layout import ROI_FILE, ExamRecord, list_exams
 from sbssl.data.volume_io import load_npy, load_volume
+from sbssl.errors import DataError
 from sbssl.utils.io import atomic_write, atomic_write_json
 
 CACHE_VERSION = 2
+Box = tuple[int, int, int, int, int, int]  # x, y, z, height, width, depth
 
 
-def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0) -> np.ndarray:
+def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0, box: Box | None = None) -> np.ndarray:
     """The region of interest: the central `slab` fraction of the stack and the central `crop` fraction of
     each side of the field. Knee pipelines centre-crop (MRNet solutions) because the cruciates and menisci sit
-    in the middle of a knee series, while its edges hold look-alikes (vessels, recesses, effusion)."""
+    in the middle of a knee series, while its edges hold look-alikes (vessels, recesses, effusion).
+    With an annotated `box` (KneeMRI's ROI around the cruciate), the region is the box's slices and the
+    smallest square holding the box in-plane (square, so resizing keeps the aspect; shifted inside the field
+    where the box lies at its edge); crop and slab then do not apply."""
+    if box is not None:
+        return box_roi(vol, box)
     n, h, w = vol.shape
     if slab < 1.0:
         lo, hi = (1 - slab) / 2 * (n - 1), (1 + slab) / 2 * (n - 1)
@@ -44,6 +51,17 @@ def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0) -> np.ndarray:
         r, c = (h - ch) // 2, (w - cw) // 2
         vol = vol[:, r: r + ch, c: c + cw]
     return vol
+
+
+def box_roi(vol: np.ndarray, box: Box) -> np.ndarray:
+    x, y, z, bh, bw, depth = box
+    n, h, w = vol.shape
+    if z >= n or y >= h or x >= w:
+        raise ValueError(f"ROI box {box} lies outside the volume of shape {vol.shape}")
+    side = min(max(bh, bw), h, w)
+    r = int(np.clip(y + bh // 2 - side // 2, 0, h - side))
+    c = int(np.clip(x + bw // 2 - side // 2, 0, w - side))
+    return vol[z: min(z + depth, n), r: r + side, c: c + side]
 
 
 def robust_minmax(vol: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
@@ -64,9 +82,10 @@ def resize_slices(vol01: np.ndarray, size: int) -> np.ndarray:
     return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0].numpy()
 
 
-def prepare_volume(vol: np.ndarray, size: int, crop: float = 1.0, slab: float = 1.0) -> np.ndarray:
+def prepare_volume(vol: np.ndarray, size: int, crop: float = 1.0, slab: float = 1.0,
+                   box: Box | None = None) -> np.ndarray:
     """The exact preprocessing of training, for any volume (used by predict too)."""
-    x = resize_slices(robust_minmax(roi(vol, crop, slab)), size)
+    x = resize_slices(robust_minmax(roi(vol, crop, slab, box)), size)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -88,11 +107,13 @@ class SliceCache:
         return self.data[self.offsets[e]: self.offsets[e + 1]]
 
 
-def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float) -> str:
+def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float, boxes: bool) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop}|{slab}".encode())
     for r in records:
         st = r.path.stat()
         h.update(f"{r.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if boxes:
+            h.update(f"|{r.box}".encode())
     return h.hexdigest()[:16]
 
 
@@ -108,16 +129,27 @@ def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbssl"
 
 
-def _n_slices(path: Path, slab: float) -> int:
+def _n_slices(path: Path, slab: float, box: Box | None = None) -> int:
     vol = load_npy(path, mmap=True) if path.suffix.lower() == ".npy" else load_volume(path)
-    return int(roi(vol[:, :1, :1], 1.0, slab).shape[0])
+    return int(roi(vol, 1.0, slab, box).shape[0]) if box else int(roi(vol[:, :1, :1], 1.0, slab).shape[0])
+
+
+def exam_box(record: ExamRecord, boxes: bool) -> Box | None:
+    """The record's ROI box when the region of interest is the box (data.roi=box); one clear line if it has none."""
+    if not boxes:
+        return None
+    if record.box is None:
+        raise DataError(record.path.parent / ROI_FILE, f"no ROI box for case {record.case} (data.roi=box needs "
+                                                        "one per exam)")
+    return record.box
 
 
 def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str, crop: float = 1.0,
-                slab: float = 1.0) -> SliceCache:
-    """Load the cache for these exams, building it (atomically) when missing or stale."""
+                slab: float = 1.0, boxes: bool = False) -> SliceCache:
+    """Load the cache for these exams, building it (atomically) when missing or stale; `boxes`: each exam's
+    region of interest is its ROI box."""
     cache_dir = Path(cache_dir)
-    key = _fingerprint(records, size, crop, slab)
+    key = _fingerprint(records, size, crop, slab, boxes)
     data_path, meta_path = cache_dir / f"{name}-{size}-{key}.npy", cache_dir / f"{name}-{size}-{key}.json"
     if data_path.exists() and meta_path.exists():
         try:
@@ -126,7 +158,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
                               meta["cases"], meta["mean"], meta["std"])
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
-    counts = [_n_slices(r.path, slab) for r in records]
+    counts = [_n_slices(r.path, slab, exam_box(r, boxes)) for r in records]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     value_sum, square_sum, count = 0.0, 0.0, 0
 
@@ -134,7 +166,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
         nonlocal value_sum, square_sum, count
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), size, size))
         for e, r in enumerate(records):
-            x = prepare_volume(load_volume(r.path), size, crop, slab)
+            x = prepare_volume(load_volume(r.path), size, crop, slab, exam_box(r, boxes))
             out[offsets[e]: offsets[e + 1]] = x
             sub = x[:, ::4, ::4].astype(np.float64) / 255.0
             value_sum, square_sum, count = value_sum + sub.sum(), square_sum + (sub * sub).sum(), count + sub.size
@@ -155,8 +187,9 @@ def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labell
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
     name = f"{split}-{cfg.data.plane}"
     d = cfg.data
+    args = (records, d.img_size, cache_dir, name, d.crop, d.slab, d.roi == "box")
     if fabric is not None and fabric.world_size > 1:
         if fabric.global_rank == 0:
-            build_cache(records, d.img_size, cache_dir, name, d.crop, d.slab)
+            build_cache(*args)
         fabric.barrier()
-    return build_cache(records, d.img_size, cache_dir, name, d.crop, d.slab), records
+    return build_cache(*args), records

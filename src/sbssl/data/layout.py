@@ -4,13 +4,15 @@ MRNet-v1.0:  ROOT/{train,valid}/{sagittal,coronal,axial}/NNNN.npy
              ROOT/{train,valid}-{abnormal,acl,meniscus}.csv   (no header: ``0000,1``)
 Generic:     ROOT[/SPLIT]/<case>.npy | <case>.nii[.gz] | <case>/ (DICOM series)
              ROOT[/SPLIT]/labels.csv                          (header ``case,label``)
+             ROOT[/SPLIT]/roi.csv, optional                   (header ``case,x,y,z,height,width,depth``: one
+                                                               region-of-interest box per exam, as KneeMRI ships)
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sbssl.data.volume_io import case_id, is_volume_path
@@ -19,6 +21,7 @@ from sbssl.errors import DataError
 PLANES = ("sagittal", "coronal", "axial")  # MRNet's three series per exam
 TASKS = ("abnormal", "acl", "meniscus")  # MRNet's three labels, in its order
 SPLITS = ("train", "valid")
+ROI_MODES = ("center", "box")  # data.roi: the central region (crop, slab), or each exam's ROI box (roi.csv)
 log = logging.getLogger("sbssl")
 
 
@@ -27,9 +30,10 @@ class ExamRecord:
     case: str  # the id as the dataset spells it ("0005", "1130", a file name)
     path: Path
     label: int | None  # None where unknown
+    box: tuple[int, int, int, int, int, int] | None = None  # ROI box x, y, z, height, width, depth (roi.csv)
 
 
-def _key(case: str) -> str:
+def case_key(case: str) -> str:
     """Ids compare without zero padding: '0005' == '5'."""
     return (case.lstrip("0") or "0") if case.isascii() and case.isdigit() else case
 
@@ -65,10 +69,34 @@ def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, 
         case, label = row
         if label not in ("0", "1"):
             raise DataError(path, f"row {i}: label {label[:20]!r} for case {case[:40]!r} is not 0 or 1")
-        k = _key(case)
+        k = case_key(case)
         if k in out:
             raise DataError(path, f"row {i}: case {case[:40]!r} listed twice")
         out[k] = (case, int(label))
+    return out
+
+
+ROI_FILE = "roi.csv"
+ROI_HEADER = ("case", "x", "y", "z", "height", "width", "depth")
+
+
+def read_roi_boxes(path: Path) -> dict[str, tuple[int, int, int, int, int, int]]:
+    """roi.csv -> {key: (x, y, z, height, width, depth)}: column, row and first slice of the box's corner and its
+    size in voxels (KneeMRI's convention, kept by `sbssl import kneemri`); faults name the file and row."""
+    path = Path(path)
+    out: dict[str, tuple[int, int, int, int, int, int]] = {}
+    for i, row in enumerate(read_csv_rows(path, "ROI"), 1):
+        row = [c.strip() for c in row]
+        if not row or all(c == "" for c in row) or (i == 1 and tuple(c.lower() for c in row) == ROI_HEADER):
+            continue
+        try:
+            x, y, z, h, w, d = (int(v) for v in row[1:])
+            if len(row) != 7 or min(x, y, z) < 0 or min(h, w, d) < 1:
+                raise ValueError
+        except ValueError:
+            raise DataError(path, f"row {i}: want 'case,x,y,z,height,width,depth' (whole voxels, sizes >= 1), "
+                                  f"got {','.join(row)[:60]!r}") from None
+        out[case_key(row[0])] = (x, y, z, h, w, d)
     return out
 
 
@@ -94,7 +122,7 @@ def mrnet_split(root: Path, split: str, plane: str, task: str, labelled: bool = 
     files = {}
     for p in folder.iterdir():
         if p.is_file() and p.suffix.lower() == ".npy" and not p.name.startswith("."):
-            files[_key(p.stem)] = p
+            files[case_key(p.stem)] = p
     csv_path = root / f"{split}-{task}.csv"
     if not labelled and not csv_path.exists():
         return _records(files, {}, folder)
@@ -111,7 +139,7 @@ def generic_split(folder: Path) -> list[ExamRecord]:
     files = {}
     for p in folder.iterdir():
         if is_volume_path(p) and p.name != "labels.csv":
-            files[_key(case_id(p))] = p
+            files[case_key(case_id(p))] = p
     csv_path = folder / "labels.csv"
     labels = read_labels(csv_path, header=None) if csv_path.exists() else {}
     if files and csv_path.exists() and not labels:
@@ -119,7 +147,11 @@ def generic_split(folder: Path) -> list[ExamRecord]:
     for k, (case, _) in labels.items():
         if k not in files:
             raise DataError(csv_path, f"case {case} has no volume in {folder}")
-    return _records(files, labels, folder)
+    records = _records(files, labels, folder)
+    if (folder / ROI_FILE).is_file():
+        boxes = read_roi_boxes(folder / ROI_FILE)
+        records = [replace(r, box=boxes.get(case_key(r.case))) for r in records]
+    return records
 
 
 def _records(files: dict[str, Path], labels: dict, folder: Path) -> list[ExamRecord]:

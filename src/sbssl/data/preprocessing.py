@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from sbssl.data.cache import prepare_volume
+from sbssl.data.layout import ROI_MODES
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,12 @@ class Preprocessing:
     slab: float = 1.0  # central fraction of the stack kept
     mean: float = 0.0  # of the [0, 1]-scaled training slices
     std: float = 1.0
+    roi: str = "center"  # center: crop + slab; box: each exam's annotated ROI box (data/cache.py: roi)
 
     def __post_init__(self) -> None:
         ok = (self.img_size >= 8 and self.in_chans >= 1 and 0 < self.crop <= 1 and 0 < self.slab <= 1
-              and math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0)
+              and math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0
+              and self.roi in ROI_MODES)
         if not ok:
             raise ValueError(f"implausible preprocessing {self}")
 
@@ -39,18 +42,20 @@ class Preprocessing:
         d = cfg.data
         if d.mean > 0:
             mean, std = float(d.mean), float(d.std)
-        return cls(int(d.img_size), int(cfg.model.in_chans), float(d.crop), float(d.slab), float(mean), float(std))
+        return cls(int(d.img_size), int(cfg.model.in_chans), float(d.crop), float(d.slab), float(mean), float(std),
+                   str(d.roi))
 
     @classmethod
     def from_meta(cls, meta: dict[str, str]) -> Preprocessing:
         """From string metadata (an encoder's safetensors header); encoders written before the region of interest
         existed saw the whole field."""
         return cls(int(meta["img_size"]), int(meta.get("in_chans", 1)), float(meta.get("crop", 1.0)),
-                   float(meta.get("slab", 1.0)), float(meta["mean"]), float(meta["std"]))
+                   float(meta.get("slab", 1.0)), float(meta["mean"]), float(meta["std"]), meta.get("roi", "center"))
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(**{k: d[k] for k in ("img_size", "in_chans", "crop", "slab", "mean", "std")})
+        return cls(**{k: d[k] for k in ("img_size", "in_chans", "crop", "slab", "mean", "std")},
+                   roi=d.get("roi", "center"))
 
     def to_meta(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -58,9 +63,12 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def prepare(self, vol: np.ndarray) -> np.ndarray:
-        """A raw volume (slices, H, W) -> uint8 slices (S, img_size, img_size), exactly as the cache holds them."""
-        return prepare_volume(vol, self.img_size, self.crop, self.slab)
+    def prepare(self, vol: np.ndarray, box: tuple[int, ...] | None = None) -> np.ndarray:
+        """A raw volume (slices, H, W) -> uint8 slices (S, img_size, img_size), exactly as the cache holds them;
+        `box`: the exam's ROI box, which a record with roi="box" needs."""
+        if self.roi == "box" and box is None:
+            raise ValueError("this model reads each exam's ROI box (data.roi=box) and none was given")
+        return prepare_volume(vol, self.img_size, self.crop, self.slab, box if self.roi == "box" else None)
 
     def standardise(self, x01: torch.Tensor) -> torch.Tensor:
         """Slices scaled to [0, 1] (B, 1, H, W) -> the model's input space."""

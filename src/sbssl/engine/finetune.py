@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,8 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
         apply_encoder_meta(cfg, init[1])
     cache, records = slice_cache_for(cfg, root, "train", fabric)
-    pre = Preprocessing.from_meta(init[1]) if init is not None else Preprocessing.from_config(cfg, cache.mean,
-                                                                                               cache.std)
+    pre = (replace(Preprocessing.from_meta(init[1]), roi=str(cfg.data.roi)) if init is not None
+           else Preprocessing.from_config(cfg, cache.mean, cache.std))
     labels = np.array([r.label for r in records])
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")

@@ -83,5 +83,6 @@ def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
     cfg.model.stem = meta.get("stem", "patch")
     # The region of interest sets the scale the encoder learnt at; encoders written before it existed saw it all.
     cfg.data.crop, cfg.data.slab = float(meta.get("crop", 1.0)), float(meta.get("slab", 1.0))
+    # data.roi stays the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale.
 
 

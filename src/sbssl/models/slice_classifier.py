@@ -63,20 +63,24 @@ class AttentionAggregator(nn.Module):
 
 
 class InstanceAggregator(nn.Module):
-    """Multiple-instance scoring: one linear score per patch token of every slice, the exam's score is the max
-    over all of them (instance-level MIL, as in mi-Net; Wang et al. 2018). A tear is a small local finding: it
+    """Multiple-instance scoring: one linear score per patch token of every slice; the exam's score is a smooth
+    maximum of them all (instance-level MIL, as in mi-Net; Wang et al. 2018). A tear is a small local finding: it
     fills one or two tokens of one or two slices, and an exam is positive when any of its instances is. Pooling
     features first (max or mean over tokens, then slices) mixes that token's evidence with every other token's
-    before anything scores it; scoring first keeps it whole. Measured on the demo's data (docs/results.md): a
-    linear scorer on frozen GMML tokens reaches valid AUC ~0.75 this way and ~0.61 after feature max pooling.
-    The tokens are standardised per dimension first (batch norm without affine, as MAE reads out its features:
-    masked-image-modelling features differ in scale by orders of magnitude across dimensions, which a linear
-    scorer trained for a few hundred steps cannot undo). Weights: the softmax of the slice scores, the share of
-    each slice in the exam's evidence."""
+    before anything scores it; scoring first keeps it whole.
 
-    def __init__(self, dim: int, slices: int = 0):
+    The smooth maximum is log-mean-exp with sharpness r (LSE pooling, Pinheiro & Collobert 2015): between the mean
+    (r -> 0) and the max (r -> inf), independent of the number of instances, and its gradient reaches every
+    candidate instance rather than only the current argmax, which matters while the scores are still random.
+    The tokens are standardised per dimension first (batch norm without affine, as MAE reads out its features:
+    masked-image-modelling features differ in scale across dimensions, which a linear scorer trained for a few
+    hundred steps cannot undo). Measured on frozen GMML tokens (docs/results.md): this read-out reaches valid
+    AUC 0.85 where max-pooled features reach 0.72, and a random encoder's tokens 0.53.
+    Weights: the softmax of the slices' scores, each slice's share of the exam's evidence."""
+
+    def __init__(self, dim: int, slices: int = 0, sharpness: float = 4.0):
         super().__init__()
-        self.out_dim = 1
+        self.out_dim, self.r = 1, sharpness
         self.norm = nn.BatchNorm1d(dim, affine=False)
         self.score = nn.Linear(dim, 1)
 
@@ -84,11 +88,17 @@ class InstanceAggregator(nn.Module):
         """(N, T, D) tokens -> (N, T) instance scores: where in each slice the evidence lies."""
         return self.score(self.norm(feats.flatten(0, 1)).view_as(feats))[..., 0]
 
+    def log_mean_exp(self, s: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+        """Smooth max over the last dimension (-inf entries count as absent; n = the entries present)."""
+        n = torch.as_tensor(n, dtype=s.dtype, device=s.device)
+        return (torch.logsumexp(self.r * s, -1) - n.log()) / self.r
+
     def forward(self, feats, lengths):
-        per_slice = self.token_scores(feats).amax(1)  # (sum n, T, D) tokens -> (sum n,) slice scores
+        tokens = self.token_scores(feats).float()  # (sum n, T)
+        per_slice = self.log_mean_exp(tokens, tokens.shape[1])
         padded, valid = _padded(per_slice[:, None], lengths)
         scores = padded[..., 0].masked_fill(~valid, float("-inf"))
-        return scores.amax(1, keepdim=True), scores.float().softmax(1)
+        return self.log_mean_exp(scores, lengths)[:, None], scores.softmax(1)
 
 
 class TwoClassLogits(nn.Module):
