@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from sbssl.config import load_config
-from sbssl.data.cache import roi, slice_cache_for
-from sbssl.data.kneemri import load_pck, read_metadata
+from sbssl.data.cache import prepare_volume, roi, slice_cache_for
+from sbssl.data.kneemri import import_kneemri, load_pck, read_metadata
 from sbssl.data.layout import list_exams
 from sbssl.engine.finetune import finetune
+from sbssl.engine.inference import load_ensemble
 from sbssl.errors import DataError
+from sbssl.predict import predict
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 
@@ -178,10 +180,10 @@ def test_roi_box_region_is_the_box_slices_and_its_square():
         roi(vol, box=(0, 0, 6, 4, 4, 1))
 
 
-def test_finetune_and_predict_on_roi_boxes(tmp_path: Path):
+def test_finetune_and_predict_on_roi_boxes(tmp_path: Path, capsys):
     src, dst = tmp_path / "kneemri", tmp_path / "out"
     vols = kneemri_folder(src)
-    assert run_cli("import", "kneemri", src, "--out", dst, "--valid-fraction", "0.3").returncode == 0
+    import_kneemri(src, dst, valid_fraction=0.3)
     cfg = load_config(None, TINY_VIT + FT + ["finetune.ensemble=1", "train.epochs=1", "data.roi=box",
                                              "finetune.aggregator=max"])
     cache, recs = slice_cache_for(cfg, dst, "train")
@@ -192,11 +194,13 @@ def test_finetune_and_predict_on_roi_boxes(tmp_path: Path):
     exam = tmp_path / "new"
     exam.mkdir()
     np.save(exam / "101-1.npy", vols["101-1.pck"])
-    res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p0", "--no-overlays")
-    assert res.returncode != 0 and "roi.csv: no ROI box for 101-1" in res.stderr  # the model needs the box
+    assert predict(run, [exam / "101-1.npy"], tmp_path / "p0", overlays=False) == 1  # the model needs the box
+    assert "roi.csv: no ROI box for 101-1" in capsys.readouterr().err
     (exam / "roi.csv").write_text("case,x,y,z,height,width,depth\n101-1,4,5,1,20,22,3\n")
-    res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p1", "--no-overlays")
-    assert res.returncode == 0, res.stderr
+    assert predict(run, [exam / "101-1.npy"], tmp_path / "p1", overlays=False) == 0
+    ens = load_ensemble(run)  # the box's region, prepared as training prepared it
+    want = ens.pre.prepare(np.load(exam / "101-1.npy"), (4, 5, 1, 20, 22, 3))
+    np.testing.assert_array_equal(want, prepare_volume(vols["101-1.pck"], 32, box=(4, 5, 1, 20, 22, 3)))
     (exam / "roi.csv").write_text("case,x,y,z,height,width,depth\n101-1,4,5,1,0,22,3\n")
     res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p2", "--no-overlays")
     assert res.returncode != 0 and "roi.csv: row 2" in res.stderr

@@ -153,9 +153,9 @@ def _out(a: argparse.Namespace) -> Path:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> None:
+    cfg = _config(a)  # a config fault is reported before torch and Fabric are imported (seconds)
     from sbssl.engine.pretrain import pretrain
 
-    cfg = _config(a)
     path = pretrain(cfg, _data_root(a, cfg), _out(a), overwrite=a.overwrite, resume=a.resume)
     print(f"encoder: {path}")
 
@@ -210,10 +210,10 @@ def cmd_check(a: argparse.Namespace) -> None:
 
 
 def cmd_finetune(a: argparse.Namespace) -> None:
+    cfg = _config(a)  # a config fault is reported before torch and Fabric are imported (seconds)
     from sbssl.engine.finetune import finetune
     from sbssl.evaluate.report_files import load_metrics
 
-    cfg = _config(a)
     out = finetune(cfg, _data_root(a, cfg), _out(a), overwrite=a.overwrite, resume=a.resume)
     m = load_metrics(out)
     print(f"{out}: {m['task']} AUC {m['auc']:.3f} [{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}], "

@@ -30,8 +30,8 @@ class DemoSize:
 
 
 FULL = DemoSize(200, 120, 64, [], [], cnn=True)
-QUICK = DemoSize(48, 40, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1"],
-                 ["finetune.ensemble=1", "train.epochs=2"], cnn=False)
+QUICK = DemoSize(40, 32, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1"],
+                 ["finetune.ensemble=1", "train.epochs=1", "train.warmup_epochs=0"], cnn=False)  # a smoke run
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> dict:

@@ -1,0 +1,125 @@
+"""Where the GMML features hold the tear: read-outs of a *frozen* encoder's tokens, pretrained vs random.
+
+    python benchmarks/token_probe.py --data ROOT [--encoder builtin:cpu] [--labels 100,200,0] [--seeds 0,1,2]
+
+Every exam's slices (the encoder's region of interest, 8 evenly spaced) go once through the frozen encoder; then
+two read-outs are fitted on n labelled train exams (stratified, nested subsets as in label_efficiency.py) and
+scored on valid:
+- pooled: the max over patch tokens and slices (the classifier's `max` slice feature), standardised, logistic
+  regression (C = 0.01, class-balanced);
+- tokens: a linear score per standardised patch token, the exam's score a smooth max of all of them
+  (log-mean-exp, sharpness 4: `finetune.aggregator=instance`), trained full-batch (AdamW 1e-2, 600 steps,
+  positives weighted to balance).
+Both read-outs on the same encoder with random weights are the control. Writes results/token_probe.json and a
+RESULTS.md row. No held-out selection happens (fixed recipe), so valid is looked at once per fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import record  # noqa: E402
+
+from sbssl.config import load_config  # noqa: E402
+from sbssl.data.cache import slice_cache_for  # noqa: E402
+from sbssl.data.datasets import gather_exams  # noqa: E402
+from sbssl.data.preprocessing import Preprocessing  # noqa: E402
+from sbssl.engine.finetune import labelled_subset  # noqa: E402
+from sbssl.evaluate.metrics import auc_with_ci  # noqa: E402
+from sbssl.models.build import build_encoder  # noqa: E402
+from sbssl.models.encoder_file import apply_encoder_meta, encoder_init  # noqa: E402
+
+SLICES, SHARPNESS = 8, 4.0
+
+
+@torch.no_grad()
+def tokens(enc, cfg, pre: Preprocessing, root: Path, split: str) -> tuple[torch.Tensor, np.ndarray]:
+    """(exams, slices * patches, D) final normed patch tokens, and the labels."""
+    cache, recs = slice_cache_for(cfg, root, split)
+    out = []
+    for s in range(0, len(recs), 32):
+        x, _ = gather_exams(cache, np.arange(s, min(s + 32, len(recs))), SLICES)
+        t = enc.forward_features(pre.normalise(x))[:, enc.num_prefix_tokens:]
+        out.append(t.reshape(-1, SLICES * t.shape[1], t.shape[2]))
+    return torch.cat(out), np.array([r.label for r in recs])
+
+
+def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+    flat = train.reshape(-1, train.shape[-1])
+    mu, sd = flat.mean(0), flat.std(0) + 1e-6
+    return [(t - mu) / sd for t in (train, *others)]
+
+
+def pooled_readout(tr, ytr, va) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    a, b = standardise(tr.amax(1), va.amax(1))
+    return LogisticRegression(C=0.01, max_iter=3000, class_weight="balanced").fit(a, ytr).decision_function(b)
+
+
+def token_readout(tr, ytr, va, steps: int = 600) -> np.ndarray:
+    a, b = standardise(tr, va)
+    torch.manual_seed(0)
+    score = torch.nn.Linear(a.shape[-1], 1)
+    opt = torch.optim.AdamW(score.parameters(), 1e-2, weight_decay=1e-2)
+    y = torch.tensor(ytr, dtype=torch.float32)
+
+    def exam(t):
+        return (torch.logsumexp(SHARPNESS * score(t)[..., 0], 1) - np.log(t.shape[1])) / SHARPNESS
+
+    for _ in range(steps):
+        loss = F.binary_cross_entropy_with_logits(exam(a), y, pos_weight=(1 - y).sum() / y.sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return exam(b).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="an MRNet-layout set")
+    ap.add_argument("--encoder", default="builtin:cpu")
+    ap.add_argument("--labels", default="100,200,0", help="labelled train exams; 0 = all")
+    ap.add_argument("--seeds", default="0,1,2")
+    a = ap.parse_args()
+    t0, root = time.perf_counter(), Path(a.data)
+    cfg = load_config("finetune/cpu", ["data.task=acl"])
+    sd, meta, _ = encoder_init(a.encoder)
+    apply_encoder_meta(cfg, meta)
+    pre = Preprocessing.from_meta(meta)
+    rows = []
+    for weights in ("gmml", "random"):
+        torch.manual_seed(0)
+        enc = build_encoder(cfg).eval()
+        if weights == "gmml":
+            enc.load_state_dict(sd)
+        tr, ytr = tokens(enc, cfg, pre, root, "train")
+        va, yva = tokens(enc, cfg, pre, root, "valid")
+        for n in [int(v) for v in a.labels.split(",")]:
+            for readout, fit in (("pooled", pooled_readout), ("tokens", token_readout)):
+                aucs = []
+                for seed in [int(s) for s in a.seeds.split(",")] if 0 < n < len(ytr) else [0]:
+                    idx = labelled_subset(ytr, n, seed)
+                    aucs.append(auc_with_ci(yva, fit(tr[idx], ytr[idx], va), seed=0))
+                row = {"encoder": weights, "readout": readout, "labels": n or len(ytr),
+                       "auc": [r[0] for r in aucs], "auc_ci95": [r[1] for r in aucs]}
+                rows.append(row)
+                print(f"{weights:6s} {readout:6s} n={row['labels']:5d} AUC " +
+                      " / ".join(f"{v:.3f}" for v in row["auc"]) + f"  ({time.perf_counter() - t0:.0f} s)",
+                      flush=True)
+    summary = "; ".join(f"{r['encoder']} {r['readout']} n={r['labels']} {np.mean(r['auc']):.3f}" for r in rows)
+    record("token_probe", {"data": str(root), "encoder": a.encoder, "rows": rows,
+                           "seconds": time.perf_counter() - t0}, "python " + " ".join(sys.argv), summary)
+
+
+if __name__ == "__main__":
+    main()
