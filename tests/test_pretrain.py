@@ -6,14 +6,20 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
 
 from sbssl.config import load_config
+from sbssl.data.cache import SliceCache, pooled_statistics, slice_cache_for
+from sbssl.data.datasets import SliceDataset
+from sbssl.data.layout import PLANES
 from sbssl.engine import checkpoint as ckpt
+from sbssl.engine.finetune import finetune
 from sbssl.engine.pretrain import pretrain
+from sbssl.errors import SbsslError
 from sbssl.models.build import build_gmml
 from sbssl.models.gmml import masked_l1, skip_indices
 
@@ -124,3 +130,34 @@ def test_paper_recipes_run_a_few_steps(recipe: str, tiny_set: Path, tmp_path: Pa
     out = pretrain(cfg, tiny_set, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "log.jsonl").read_text())["step"] == 2
     assert out.exists()
+
+
+def test_slice_dataset_reads_across_plane_caches_in_the_order_asked():
+    caches = [SliceCache(np.full((n, 4, 4), v, np.uint8), np.array([0, n]), ["x"], 0.0, 1.0)
+              for n, v in ((3, 10), (2, 20), (4, 30))]
+    ds = SliceDataset(caches)
+    assert len(ds) == 9
+    got = ds[[8, 0, 3, 4, 2]][:, 0, 0, 0].tolist()
+    assert got == [30, 10, 20, 20, 10] and ds[5].shape == (1, 4, 4) and int(ds[5][0, 0, 0]) == 30
+    data = [np.random.default_rng(k).random(n) for k, n in enumerate((30, 50, 20))]
+    parts = [SliceCache(d, np.array([0, len(d)]), ["x"], float(d.mean()), float(d.std())) for d in data]
+    np.testing.assert_allclose(pooled_statistics(parts), (np.concatenate(data).mean(), np.concatenate(data).std()))
+
+
+def test_pretraining_on_all_planes(tiny_set: Path, tmp_path: Path):
+    over = TINY + ["data.plane=all", "train.epochs=1", "train.recon_every=0", "data.img_size=16",
+                   "data.cache_dir=" + str(tmp_path / "c")]
+    pretrain(load_config(None, over), tiny_set, tmp_path / "all")
+    caches = [slice_cache_for(load_config(None, over + [f"data.plane={p}"]), tiny_set, "train")[0] for p in PLANES]
+    n = sum(len(c.data) for c in caches)
+    assert json.loads((tmp_path / "all" / "log.jsonl").read_text())["step"] == n // 32  # every plane's slices
+    pre = json.loads((tmp_path / "all" / "run.json").read_text())["preprocessing"]
+    assert (pre["mean"], pre["std"]) == pytest.approx(pooled_statistics(caches))
+    with pytest.raises(SbsslError, match="data.plane=all is for pretraining"):
+        finetune(load_config(None, ["data.plane=all"]), tiny_set, tmp_path / "ft")
+    generic = tmp_path / "generic"
+    generic.mkdir()
+    for f in sorted((tiny_set / "train" / "sagittal").glob("*.npy"))[:4]:
+        (generic / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(SbsslError, match="needs an MRNet folder"):
+        pretrain(load_config(None, over), generic, tmp_path / "g")

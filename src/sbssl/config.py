@@ -14,7 +14,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sbssl.data.layout import PLANES, ROI_MODES, TASKS
+from sbssl.data.layout import ALL_PLANES, PLANES, ROI_MODES, TASKS
 from sbssl.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -23,7 +23,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 @dataclass
 class DataConfig:
     root: str = ""
-    plane: str = "sagittal"  # sagittal | coronal | axial
+    plane: str = "sagittal"  # sagittal | coronal | axial; all (pretraining only: every plane's slices)
     task: str = "acl"  # acl | meniscus | abnormal
     img_size: int = 256
     crop: float = 1.0  # region of interest: central fraction of each in-plane side kept (1 = the full field)
@@ -122,7 +122,7 @@ class Config:
 
 
 CHOICES = {
-    "data.plane": PLANES,
+    "data.plane": (*PLANES, ALL_PLANES),
     "data.task": TASKS,
     "data.roi": ROI_MODES,
     "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),

@@ -181,6 +181,14 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
     return SliceCache(np.load(data_path, mmap_mode="r", allow_pickle=False), offsets, meta["cases"], mean, std)
 
 
+def pooled_statistics(caches: list[SliceCache]) -> tuple[float, float]:
+    """Mean and std of several caches' slices together (each cache's weighted by its slice count)."""
+    n = np.array([len(c.data) for c in caches], np.float64)
+    mean = float((n * [c.mean for c in caches]).sum() / n.sum())
+    square = float((n * [c.std ** 2 + c.mean ** 2 for c in caches]).sum() / n.sum())
+    return mean, float(np.sqrt(max(square - mean * mean, 1e-12)))
+
+
 def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labelled: bool = True):
     """Build (rank 0 first) or open the slice cache of a split; returns (cache, records)."""
     records = list_exams(root, split, cfg.data.plane, cfg.data.task, labelled=labelled)

@@ -42,18 +42,30 @@ def gather_exams(cache: SliceCache, exams: np.ndarray, slices: int = 0) -> tuple
 
 
 class SliceDataset(Dataset):
-    """Every slice of a split. Indexing with a list of indices reads a whole batch at once."""
+    """Every slice of a split: of one plane's cache, or of several (pretraining on all planes) one after another.
+    Indexing with a list of indices reads a whole batch at once, in the order asked."""
 
-    def __init__(self, cache: SliceCache):
-        self.cache = cache
+    def __init__(self, caches: SliceCache | list[SliceCache]):
+        self.caches = caches if isinstance(caches, list) else [caches]
+        self.starts = np.cumsum([0] + [len(c.data) for c in self.caches])
 
     def __len__(self) -> int:
-        return int(self.cache.data.shape[0])
+        return int(self.starts[-1])
+
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        if len(self.caches) == 1:
+            return self.caches[0].data[idx]
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        out = np.empty((len(idx), *self.caches[0].data.shape[1:]), np.uint8)
+        for k in np.unique(which):
+            here = which == k
+            out[here] = self.caches[k].data[idx[here] - self.starts[k]]
+        return out
 
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, int | np.integer):
-            return torch.from_numpy(np.array(self.cache.data[idx]))[None]
-        return torch.from_numpy(self.cache.data[np.asarray(idx)])[:, None]  # in the order asked
+            return torch.from_numpy(np.array(self.read(np.array([idx]))))
+        return torch.from_numpy(np.asarray(self.read(np.asarray(idx))))[:, None]
 
     __getitems__ = __getitem__
 

@@ -19,6 +19,7 @@ from sbssl.data.volume_io import case_id, is_volume_path
 from sbssl.errors import DataError
 
 PLANES = ("sagittal", "coronal", "axial")  # MRNet's three series per exam
+ALL_PLANES = "all"  # data.plane for pretraining on the slices of every plane
 TASKS = ("abnormal", "acl", "meniscus")  # MRNet's three labels, in its order
 SPLITS = ("train", "valid")
 ROI_MODES = ("center", "box")  # data.roi: the central region (crop, slab), or each exam's ROI box (roi.csv)

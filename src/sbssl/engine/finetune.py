@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
 from sbssl.data.datasets import ExamDataset, gather_index, loader
+from sbssl.data.layout import ALL_PLANES
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
@@ -87,6 +88,8 @@ def oversampled_order(labels: np.ndarray, idx: np.ndarray, gen: torch.Generator,
 
 
 def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    if cfg.data.plane == ALL_PLANES:
+        raise SbsslError("data.plane=all is for pretraining; a classifier reads one plane (fuse the three after)")
     return run_in_folder(cfg.trainer, out, overwrite, resume, FINISHED,
                          lambda fabric, folder: _finetune(cfg, fabric, Path(root), folder))
 

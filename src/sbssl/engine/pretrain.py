@@ -7,6 +7,7 @@ the cache read is batched on the training device.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import dataclass
@@ -17,8 +18,9 @@ import torch
 from omegaconf import DictConfig
 
 from sbssl.config import to_yaml
-from sbssl.data.cache import slice_cache_for
+from sbssl.data.cache import pooled_statistics, slice_cache_for
 from sbssl.data.datasets import SliceDataset, loader
+from sbssl.data.layout import ALL_PLANES, PLANES, is_mrnet, resolve_root
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
@@ -58,12 +60,27 @@ class _Run:
         return self.cfg.train.batch_size * self.trainer.fabric.world_size
 
 
+def plane_caches(cfg: DictConfig, root: Path, fabric) -> list:
+    """The train slices GMML learns from: one plane's (data.plane), or with data.plane=all every plane's of an
+    MRNet folder, so one encoder serves the three planes' classifiers. Labels are unused."""
+    planes = PLANES if cfg.data.plane == ALL_PLANES else (cfg.data.plane,)
+    if len(planes) > 1 and not is_mrnet(resolve_root(root)):
+        raise SbsslError(f"{root}: data.plane=all needs an MRNet folder (one series per plane); this one has one")
+    out = []
+    for plane in planes:
+        c = copy.deepcopy(cfg)
+        c.data.plane = plane
+        out.append(slice_cache_for(c, root, "train", fabric, labelled=False)[0])
+    return out
+
+
 def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     rank0 = fabric.global_rank == 0
     seed_everything(cfg.train.seed + fabric.global_rank, cfg.train.deterministic)
-    cache, _ = slice_cache_for(cfg, root, "train", fabric, labelled=False)  # labels unused
-    pre = Preprocessing.from_config(cfg, cache.mean, cache.std)
-    dataset = SliceDataset(cache)
+    caches = plane_caches(cfg, root, fabric)
+    cache = caches[0]
+    pre = Preprocessing.from_config(cfg, *pooled_statistics(caches))
+    dataset = SliceDataset(caches)
     global_batch = cfg.train.batch_size * fabric.world_size
     steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
