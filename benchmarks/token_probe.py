@@ -1,6 +1,7 @@
 """Where the GMML features hold the tear: read-outs of a *frozen* encoder's tokens, pretrained vs random.
 
     python benchmarks/token_probe.py --data ROOT [--encoder builtin:cpu] [--labels 100,200,0] [--seeds 0,1,2]
+                                     [--plane sagittal] [--no-random] [--name token_probe]
 
 Every exam's slices (the encoder's region of interest, 8 evenly spaced) go once through the frozen encoder; then
 two read-outs are fitted on n labelled train exams (stratified, nested subsets as in label_efficiency.py) and
@@ -90,14 +91,17 @@ def main() -> None:
     ap.add_argument("--encoder", default="builtin:cpu")
     ap.add_argument("--labels", default="100,200,0", help="labelled train exams; 0 = all")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--plane", default="sagittal")
+    ap.add_argument("--no-random", action="store_true", help="skip the random-weights control")
+    ap.add_argument("--name", default="token_probe", help="results/NAME.json")
     a = ap.parse_args()
     t0, root = time.perf_counter(), Path(a.data)
-    cfg = load_config("finetune/cpu", ["data.task=acl"])
+    cfg = load_config("finetune/cpu", ["data.task=acl", f"data.plane={a.plane}"])
     sd, meta, _ = encoder_init(a.encoder)
     apply_encoder_meta(cfg, meta)
     pre = Preprocessing.from_meta(meta)
     rows = []
-    for weights in ("gmml", "random"):
+    for weights in ("gmml",) if a.no_random else ("gmml", "random"):
         torch.manual_seed(0)
         enc = build_encoder(cfg).eval()
         if weights == "gmml":
@@ -117,7 +121,7 @@ def main() -> None:
                       " / ".join(f"{v:.3f}" for v in row["auc"]) + f"  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
     summary = "; ".join(f"{r['encoder']} {r['readout']} n={r['labels']} {np.mean(r['auc']):.3f}" for r in rows)
-    record("token_probe", {"data": str(root), "encoder": a.encoder, "rows": rows,
+    record(a.name, {"data": str(root), "encoder": a.encoder, "plane": a.plane, "rows": rows,
                            "seconds": time.perf_counter() - t0}, "python " + " ".join(sys.argv), summary)
 
 
