@@ -1,5 +1,6 @@
-"""Label efficiency: ACL AUC of GMML fine-tuning, GMML linear probing and random init as the number of
-labelled exams grows, over several subset seeds -- the curve that says how many exams to label.
+"""Label efficiency: ACL AUC of GMML fine-tuning, GMML linear probing, frozen token scoring (GMML and random
+encoders) and random init as the number of labelled exams grows, over several subset seeds -- the curve that says
+how many exams to label.
 
     python benchmarks/label_efficiency.py [--data ROOT] [--encoder builtin:cpu|RUN] [--labels 25,50,100,200,0]
                                           [--seeds 0,1,2] [--steps 80]
