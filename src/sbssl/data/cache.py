@@ -131,7 +131,7 @@ def default_cache_dir(root: Path) -> Path:
 
 def _n_slices(path: Path, slab: float, box: Box | None = None) -> int:
     vol = load_npy(path, mmap=True) if path.suffix.lower() == ".npy" else load_volume(path)
-    return int(roi(vol, 1.0, slab, box).shape[0]) if box else int(roi(vol[:, :1, :1], 1.0, slab).shape[0])
+    return int(roi(vol, 1.0, slab, box).shape[0])  # a view: nothing of a memory-mapped volume is read
 
 
 def exam_box(record: ExamRecord, boxes: bool) -> Box | None:

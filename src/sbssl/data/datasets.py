@@ -64,8 +64,8 @@ class SliceDataset(Dataset):
 
     def __getitem__(self, idx) -> torch.Tensor:
         if isinstance(idx, int | np.integer):
-            return torch.from_numpy(np.array(self.read(np.array([idx]))))
-        return torch.from_numpy(np.asarray(self.read(np.asarray(idx))))[:, None]
+            return torch.from_numpy(self.read(np.array([idx])))
+        return torch.from_numpy(self.read(np.asarray(idx)))[:, None]
 
     __getitems__ = __getitem__
 

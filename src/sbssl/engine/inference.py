@@ -99,24 +99,31 @@ def compile_for_inference(model: SliceClassifier) -> torch.nn.Module:
     return FrozenCompiled(model)
 
 
+@dataclass
+class FeatureTable:
+    """Frozen-encoder features of the cache rows some exams read, looked up by cache row: only those rows are
+    stored (token features, (T, K) per slice, make a table of every row of a large split too big to hold)."""
+
+    feats: torch.Tensor  # (rows read, K) or (rows read, T, K)
+    where: torch.Tensor  # cache row -> index into feats (-1 where not read)
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.feats[self.where[rows]]
+
+
 @torch.no_grad()
 def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, pre: Preprocessing, device,
-                        batch: int = 256) -> torch.Tensor:
-    """Frozen-encoder features of every slice these exams read, as a (cache rows, K) table (other rows zero;
-    (cache rows, T, K) for a token-scoring aggregator):
-    a linear probe then trains its head on table lookups, never running the encoder again. Precision is the
-    caller's (fine-tuning runs it under Fabric's autocast)."""
+                        batch: int = 256) -> FeatureTable:
+    """Frozen-encoder features of every slice these exams read: a linear probe then trains its head on table
+    lookups, never running the encoder again. Precision is the caller's (fine-tuning runs it under Fabric's
+    autocast)."""
     rows = np.unique(gather_index(cache, np.asarray(exams), model.slices)[0])
-    table = None
     model.eval()
-    for i in range(0, len(rows), batch):
-        r = rows[i: i + batch]
-        x = pre.normalise(torch.from_numpy(cache.data[r])[:, None].to(device))
-        f = model.slice_features(x).float()
-        if table is None:
-            table = torch.zeros(len(cache.data), *f.shape[1:], device=device)
-        table[torch.from_numpy(r).to(device)] = f
-    return table
+    feats = [model.slice_features(pre.normalise(torch.from_numpy(cache.data[rows[i: i + batch]])[:, None]
+                                                .to(device))).float() for i in range(0, len(rows), batch)]
+    where = torch.full((len(cache.data),), -1, dtype=torch.long, device=device)
+    where[torch.from_numpy(rows).to(device)] = torch.arange(len(rows), device=device)
+    return FeatureTable(torch.cat(feats), where)
 
 
 @torch.no_grad()

@@ -147,13 +147,12 @@ class SliceClassifier(nn.Module):
         if aggregator == "concat" and slices < 1:
             raise ValueError("the concat aggregator needs a fixed number of slices (slices >= 1)")
         self.slices = slices
-        if aggregator in TOKEN_AGGREGATORS:  # the encoder hands over every patch token (timm ViTs only)
+        dim = encoder.embed_dim
+        self.aggregate = AGGREGATORS[aggregator](dim, slices)
+        if aggregator in TOKEN_AGGREGATORS:  # the encoder hands over every patch token; the aggregator scores
             if not hasattr(encoder, "num_prefix_tokens"):
                 raise ValueError(f"the {aggregator} aggregator scores ViT patch tokens; this encoder has none")
             encoder.reset_classifier(0, global_pool="")
-        dim = encoder.embed_dim
-        self.aggregate = AGGREGATORS[aggregator](dim, slices)
-        if aggregator in TOKEN_AGGREGATORS:  # the aggregator already scores
             self.head = TwoClassLogits()
         elif linear_head:  # MRNet: max-pooled features straight into one linear layer
             self.head = nn.Linear(self.aggregate.out_dim, 2)
