@@ -1,6 +1,6 @@
 """Label efficiency: ACL AUC of GMML fine-tuning, GMML linear probing, frozen token scoring (GMML and random
-encoders) and random init as the number of labelled exams grows, over several subset seeds -- the curve that says
-how many exams to label.
+encoders), LP-FT (that token read-out fitted first, then everything fine-tuned) and random init as the number of
+labelled exams grows, over several subset seeds -- the curve that says how many exams to label.
 
     python benchmarks/label_efficiency.py [--data ROOT] [--encoder builtin:cpu|RUN] [--labels 25,50,100,200,0]
                                           [--seeds 0,1,2] [--steps 80]
@@ -36,10 +36,12 @@ from sbssl.evaluate.report_files import load_metrics, read_predictions  # noqa: 
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 
 ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML, frozen, token scoring",
-        "mil-random": "random, frozen, token scoring", "scratch": "random init"}
+        "mil-random": "random, frozen, token scoring", "lpft": "GMML, token read-out fitted, then fine-tuned",
+        "scratch": "random init"}
 COLOURS = {"gmml": "tab:blue", "probe": "tab:green", "mil": "tab:purple", "mil-random": "tab:grey",
-           "scratch": "tab:orange"}
+           "lpft": "tab:red", "scratch": "tab:orange"}
 READOUT_STEPS = 600  # a frozen encoder's read-out trains on a feature table: steps cost next to nothing
+TOKEN_READOUT = ["finetune.aggregator=instance", f"finetune.probe_steps={READOUT_STEPS}"]
 
 
 def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184) -> int:
@@ -51,10 +53,11 @@ def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184
 def arm_overrides(arm: str, encoder: str) -> list[str]:
     if arm == "scratch":
         return ["init=scratch"]
-    if arm.startswith("mil"):  # the instance read-out of frozen tokens (finetune.aggregator=instance), last epoch
+    if arm.startswith("mil"):  # the instance read-out of frozen tokens, fitted on the feature table (LP only)
         return [f"init={encoder if arm == 'mil' else 'scratch'}", "finetune.freeze=true",
-                "finetune.aggregator=instance", "finetune.select=last",
-                "train.lr=0.32", "train.weight_decay=1e-3", "train.weight_decay_end=1e-3"]
+                *TOKEN_READOUT]
+    if arm == "lpft":  # that read-out first, then everything fine-tuned (engine/probe.py)
+        return [f"init={encoder}", *TOKEN_READOUT]
     return [f"init={encoder}"] + (["finetune.freeze=true", "train.lr=0.32", "train.weight_decay=1e-4",
                                    "train.weight_decay_end=1e-4"] if arm == "probe" else [])
 
@@ -133,7 +136,7 @@ def main() -> None:
         for seed in seeds:
             for arm in arms:
                 run = work / f"{arm}-{n_used}-s{seed}"
-                epochs = epochs_for(n_used, READOUT_STEPS if arm.startswith("mil") else a.steps)
+                epochs = 0 if arm.startswith("mil") else epochs_for(n_used, a.steps)
                 over = ["finetune.ensemble=1", f"finetune.labels={n}", f"train.seed={seed}",
                         f"train.epochs={epochs}", *arm_overrides(arm, a.encoder), *a.finetune.split()]
                 if not (run / "metrics.json").exists():
@@ -145,7 +148,7 @@ def main() -> None:
                 print(f"n={n_used:4d} seed {seed} {arm:8s} epochs {epochs:3d} AUC {m['auc']:.3f} "
                       f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
-        pairs = [(x, "scratch") for x in ("gmml", "probe", "mil") if x in arms and "scratch" in arms]
+        pairs = [(x, "scratch") for x in ("gmml", "probe", "mil", "lpft") if x in arms and "scratch" in arms]
         pairs += [("mil", "mil-random")] if {"mil", "mil-random"} <= set(arms) else []
         for arm, base in pairs:
             d = seed_averaged_difference(runs[arm], runs[base])

@@ -33,22 +33,29 @@ from sbssl.config import load_config  # noqa: E402
 from sbssl.data.cache import slice_cache_for  # noqa: E402
 from sbssl.data.datasets import gather_exams  # noqa: E402
 from sbssl.data.preprocessing import Preprocessing  # noqa: E402
-from sbssl.engine.finetune import labelled_subset  # noqa: E402
+from sbssl.engine.sampling import labelled_subset  # noqa: E402
 from sbssl.evaluate.metrics import auc_with_ci  # noqa: E402
 from sbssl.models.build import build_encoder  # noqa: E402
 from sbssl.models.encoder_file import apply_encoder_meta, encoder_init  # noqa: E402
+from sbssl.models.gmml import skip_indices  # noqa: E402
+from sbssl.models.vit import block_outputs  # noqa: E402
 
 SLICES, SHARPNESS = 8, 4.0
 
 
 @torch.no_grad()
-def tokens(enc, cfg, pre: Preprocessing, root: Path, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    """(exams, slices * patches, D) final normed patch tokens, and the labels."""
+def tokens(enc, cfg, pre: Preprocessing, root: Path, split: str, features: str = "final"
+           ) -> tuple[torch.Tensor, np.ndarray]:
+    """(exams, slices * patches, D) normed patch tokens, and the labels. features="final": the last block's
+    (what a classifier reads); "skip": the mean of the GMML skip blocks (what the pretraining decoder reads)."""
     cache, recs = slice_cache_for(cfg, root, split)
+    skip = skip_indices([6, 8, 10, 12], len(enc.blocks))
     out = []
     for s in range(0, len(recs), 32):
         x, _ = gather_exams(cache, np.arange(s, min(s + 32, len(recs))), SLICES)
-        t = enc.forward_features(pre.normalise(x))[:, enc.num_prefix_tokens:]
+        x = pre.normalise(x)
+        t = (enc.forward_features(x) if features == "final"
+             else enc.norm(torch.stack(block_outputs(enc, x, skip)).mean(0)))[:, enc.num_prefix_tokens:]
         out.append(t.reshape(-1, SLICES * t.shape[1], t.shape[2]))
     return torch.cat(out), np.array([r.label for r in recs])
 
@@ -93,6 +100,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--plane", default="sagittal")
     ap.add_argument("--no-random", action="store_true", help="skip the random-weights control")
+    ap.add_argument("--features", default="final", choices=("final", "skip"),
+                    help="final block's tokens, or the mean of the GMML skip blocks (the decoder's input)")
     ap.add_argument("--name", default="token_probe", help="results/NAME.json")
     a = ap.parse_args()
     t0, root = time.perf_counter(), Path(a.data)
@@ -106,8 +115,8 @@ def main() -> None:
         enc = build_encoder(cfg).eval()
         if weights == "gmml":
             enc.load_state_dict(sd)
-        tr, ytr = tokens(enc, cfg, pre, root, "train")
-        va, yva = tokens(enc, cfg, pre, root, "valid")
+        tr, ytr = tokens(enc, cfg, pre, root, "train", a.features)
+        va, yva = tokens(enc, cfg, pre, root, "valid", a.features)
         for n in [int(v) for v in a.labels.split(",")]:
             for readout, fit in (("pooled", pooled_readout), ("tokens", token_readout)):
                 aucs = []
@@ -121,7 +130,7 @@ def main() -> None:
                       " / ".join(f"{v:.3f}" for v in row["auc"]) + f"  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
     summary = "; ".join(f"{r['encoder']} {r['readout']} n={r['labels']} {np.mean(r['auc']):.3f}" for r in rows)
-    record(a.name, {"data": str(root), "encoder": a.encoder, "plane": a.plane, "rows": rows,
+    record(a.name, {"data": str(root), "encoder": a.encoder, "plane": a.plane, "features": a.features, "rows": rows,
                            "seconds": time.perf_counter() - t0}, "python " + " ".join(sys.argv), summary)
 
 

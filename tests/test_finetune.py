@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
 from sbssl.data.datasets import resample_index
-from sbssl.engine.finetune import finetune, labelled_subset, oversampled_order, stratified_holdout
+from sbssl.engine.finetune import finetune
+from sbssl.engine.sampling import labelled_subset, oversampled_order, stratified_holdout
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import apply_encoder_meta, encoder_init

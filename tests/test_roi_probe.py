@@ -87,12 +87,14 @@ def test_roi_and_stem_travel_with_the_encoder(gmml_roi_run: Path):
     model.encoder.load_state_dict(sd)
 
 
-@pytest.mark.parametrize("aggregator", ["max", "instance"])
+@pytest.mark.parametrize(("aggregator", "schedule"), [("max", ["train.epochs=3"]), ("instance", ["train.epochs=3"]),
+                                                     ("instance", ["train.epochs=0", "finetune.probe_steps=40"])])
 def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run: Path, tiny_set: Path,
-                                                                  tmp_path: Path, aggregator: str):
+                                                                  tmp_path: Path, aggregator: str,
+                                                                  schedule: list[str]):
     out = tmp_path / "probe"
     cfg = load_config(None, FT + [f"init={gmml_roi_run}", "finetune.freeze=true", "finetune.ensemble=1",
-                                  "train.epochs=3", f"finetune.aggregator={aggregator}", "finetune.slice_feature=max"])
+                                  f"finetune.aggregator={aggregator}", "finetune.slice_feature=max", *schedule])
     finetune(cfg, tiny_set, out)
     enc0, _, _ = encoder_init(str(gmml_roi_run))
     sd = load_file(str(out / "model-0.safetensors"))
@@ -113,3 +115,54 @@ def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run
 def test_unknown_builtin_encoder_is_one_clear_error():
     with pytest.raises(SbsslError, match="builtin:nope"):
         encoder_init("builtin:nope")
+
+
+def _lifted_tokens(n_exams: int = 24, slices: int = 3, tokens: int = 4, dim: int = 8, seed: int = 0):
+    """Token features of exams whose positives have one token of one slice lifted along a direction."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n_exams * slices, tokens, dim, generator=g)
+    labels = np.arange(n_exams) % 3 == 0
+    for e in np.flatnonzero(labels):
+        feats[e * slices + e % slices, e % tokens, 0] += 4.0
+    return feats, labels.astype(int)
+
+
+def test_fit_readout_learns_from_the_table_alone():
+    from sbssl.data.cache import SliceCache
+    from sbssl.engine.inference import FeatureTable
+    from sbssl.engine.probe import fit_readout
+    from sbssl.models.slice_classifier import InstanceAggregator, SliceClassifier
+
+    feats, labels = _lifted_tokens()
+    n, slices = len(labels), feats.shape[0] // len(labels)
+    cache = SliceCache(np.zeros((len(feats), 1, 1), np.uint8), np.arange(n + 1) * slices, [str(i) for i in range(n)],
+                       0.0, 1.0)
+    table = FeatureTable(feats, torch.arange(len(feats)))
+    enc = create_encoder("vit_tiny", 8, 4, 1, 0.0)
+    model = SliceClassifier(enc, "instance", slices)
+    model.aggregate = InstanceAggregator(feats.shape[-1])  # scores the 8-dim toy tokens
+    enc_before = {k: v.clone() for k, v in enc.state_dict().items()}
+    losses = fit_readout(model, table, cache, labels, np.arange(n), steps=150, lr=5e-2, batch_exams=16, seed=0)
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    model.eval()
+    with torch.no_grad():
+        s = model.classify(feats, torch.full((n,), slices))[:, 1].numpy()
+    assert s[labels == 1].min() > s[labels == 0].max()  # the lifted token decides every exam
+    assert all(torch.equal(v, enc_before[k]) for k, v in enc.state_dict().items())
+
+
+def test_lp_ft_fits_the_readout_then_fine_tunes_everything(gmml_roi_run: Path, tiny_set: Path, tmp_path: Path):
+    import json
+
+    out = tmp_path / "lpft"
+    cfg = load_config(None, FT + [f"init={gmml_roi_run}", "finetune.ensemble=1", "finetune.aggregator=instance",
+                                  "finetune.probe_steps=20", "train.epochs=1", "finetune.select=last"])
+    finetune(cfg, tiny_set, out)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [-1, 0] and log[0]["phase"] == "probe"
+    assert 0.0 <= log[0]["heldout_auc"] <= 1.0
+    sd = load_file(str(out / "model-0.safetensors"))
+    enc0, _, _ = encoder_init(str(gmml_roi_run))
+    assert any(not torch.equal(sd[f"encoder.{k}"], v) for k, v in enc0.items() if v.is_floating_point())
+    with pytest.raises(SbsslError, match="train.epochs"):
+        load_config(None, ["train.epochs=0"])  # nothing would train

@@ -106,6 +106,9 @@ class FinetuneConfig:
     batch_exams: int = 8
     select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
+    probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off)
+    probe_lr: float = 1.0e-2  # the read-out's AdamW lr in that stage (not scaled with the batch)
+    probe_batch_exams: int = 64
     labels: int = 0  # use only this many labelled train exams (stratified, nested as it grows); 0 = all
 
 
@@ -198,13 +201,17 @@ def validate(cfg: DictConfig) -> None:
         ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),
         ("model.patch_size", cfg.model.stem == "patch" or cfg.model.patch_size in (2, 4, 8, 16, 32),
          "a power of two with model.stem=conv"),
-        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
+        ("train.epochs", cfg.train.epochs >= (0 if cfg.finetune.probe_steps > 0 else 1),
+         ">= 1 (0 only with finetune.probe_steps > 0)"),
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
         ("finetune.ensemble", cfg.finetune.ensemble >= 1, ">= 1"),
         ("finetune.slices", cfg.finetune.slices >= (1 if cfg.finetune.aggregator == "concat" else 0),
          ">= 1 for concat, >= 0 otherwise"),
         ("finetune.val_fraction", 0 < cfg.finetune.val_fraction < 1, "in (0, 1)"),
+        ("finetune.probe_steps", cfg.finetune.probe_steps >= 0, ">= 0"),
+        ("finetune.probe_lr", cfg.finetune.probe_lr > 0, "> 0"),
+        ("finetune.probe_batch_exams", cfg.finetune.probe_batch_exams >= 1, ">= 1"),
         ("finetune.labels", cfg.finetune.labels == 0 or cfg.finetune.labels >= 4, "0 (all) or >= 4"),
     ]
     for key, ok, want in checks:

@@ -35,7 +35,9 @@ from sbssl.engine.inference import (
     slice_feature_table,
 )
 from sbssl.engine.loop import Trainer, train_one_epoch
+from sbssl.engine.probe import fit_readout
 from sbssl.engine.runtime import run_in_folder, seed_everything
+from sbssl.engine.sampling import labelled_subset, oversampled_order, stratified_holdout
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
@@ -47,44 +49,6 @@ from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, RUN, SPLIT, mo
 
 log = logging.getLogger("sbssl")
 FINISHED = METRICS
-
-
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, held-out) exam indices; the held-out part keeps the class balance, >= 1 of each class on each side.
-    Written out rather than sklearn's train_test_split(stratify=...), which refuses a class with one member and
-    cannot promise both classes on both sides, as small label budgets (4 positives in 25 exams) need."""
-    rng = np.random.default_rng(seed)
-    fit, held = [], []
-    for c in (0, 1):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        k = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
-        held.append(idx[:k])
-        fit.append(idx[k:])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
-
-
-def labelled_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """n exam indices keeping the class balance (>= 2 per class); nested: the subset for n is inside the one for
-    any larger n with the same seed, so a label-efficiency curve adds exams rather than redrawing them."""
-    if n <= 0 or n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    pos, neg = rng.permutation(np.flatnonzero(labels == 1)), rng.permutation(np.flatnonzero(labels == 0))
-    k = min(max(2, round(n * len(pos) / len(labels))), len(pos), n - 2)
-    return np.sort(np.concatenate([pos[:k], neg[: n - k]]))
-
-
-def oversampled_order(labels: np.ndarray, idx: np.ndarray, gen: torch.Generator, oversample: bool = True
-                      ) -> np.ndarray:
-    """One epoch: every exam once, the minority class resampled up to the majority's count."""
-    pos, neg = idx[labels[idx] == 1], idx[labels[idx] == 0]
-    parts = [pos, neg]
-    if oversample and len(pos) and len(neg) and len(pos) != len(neg):
-        small, big = (pos, neg) if len(pos) < len(neg) else (neg, pos)
-        extra = small[torch.randint(len(small), (len(big) - len(small),), generator=gen).numpy()]
-        parts = [small, extra, big]
-    allx = np.concatenate(parts)
-    return allx[torch.randperm(len(allx), generator=gen).numpy()]
 
 
 def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
@@ -140,12 +104,25 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
     model = build_classifier(cfg)
     if init is not None:
         model.encoder.load_state_dict(init[0])
-    table = None
-    if cfg.finetune.freeze:  # linear probing: encoder features computed once, the head trains on lookups
-        model.encoder.requires_grad_(False)
+    ck_dir = out / CHECKPOINTS / f"member-{seed}"
+    st = ckpt.load_checkpoint(ck_dir)
+    done = -1 if st is None else st["epoch"]
+    if rank == 0:  # a member's log lines after its checkpoint go (all of them, a probe's too, when it restarts)
+        trim_jsonl(out / LOG, lambda r: r.get("member") != seed or (st is not None and r.get("epoch", 0) <= done))
+    probe = cfg.finetune.probe_steps > 0 and st is None
+    features = None
+    if cfg.finetune.freeze or probe:  # the frozen encoder's features, computed once, looked up by cache row
         with fabric.autocast():
-            table = slice_feature_table(model.to(fabric.device), cache, np.concatenate([fit, held]), pre,
-                                        fabric.device)
+            features = slice_feature_table(model.to(fabric.device), cache, np.concatenate([fit, held]), pre,
+                                           fabric.device)
+    table = features if cfg.finetune.freeze else None  # linear probing: the head trains on lookups only
+    if cfg.finetune.freeze:
+        model.encoder.requires_grad_(False)
+    best = {"auc": -1.0, "epoch": -1, "state": None}
+    if probe:  # LP-FT's first stage (engine/probe.py); the fitted read-out is the first candidate kept
+        best = probe_readout(cfg, model, features, cache, labels, fit, held, pre, seed, fabric.device,
+                             out / LOG if rank == 0 else None)
+    del features
     depth = len(getattr(model.encoder, "blocks", []))
     groups = param_groups(model, cfg.finetune.layer_decay, depth)
     ge = cfg.finetune.batch_exams * world
@@ -153,11 +130,6 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
     opt = torch.optim.AdamW(groups, lr=lr)
     model_f, opt_f = fabric.setup(model, opt)
     task = ExamTask(cfg, pre)
-    ck_dir = out / CHECKPOINTS / f"member-{seed}"
-    st = ckpt.load_checkpoint(ck_dir)
-    done = -1 if st is None else st["epoch"]
-    if rank == 0:
-        trim_jsonl(out / LOG, lambda rec: rec.get("member") != seed or rec.get("epoch", done + 1) <= done)
     n_pos = int(labels[fit].sum())
     balanced = cfg.finetune.oversample and 0 < n_pos < len(fit)
     n_per_epoch = 2 * max(n_pos, len(fit) - n_pos) if balanced else len(fit)  # = len(oversampled_order(...))
@@ -168,7 +140,7 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
     warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
     trainer = Trainer(fabric, model_f, opt_f, cfg.train, lr, total, warmup, seed, ck_dir / "last.pt",
                       label=f"member {seed}, ")
-    start, best = 0, {"auc": -1.0, "epoch": -1, "state": None}
+    start = 0
     if st is not None:
         model.load_state_dict(st["model"])
         opt_f.load_state_dict(st["optimizer"])
@@ -211,6 +183,25 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         fabric.barrier()
     state = best["state"] if best["state"] is not None else copy.deepcopy(model.state_dict())
     return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
+
+
+def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
+                  pre: Preprocessing, seed: int, device, log_file: Path | None) -> dict:
+    """Fit the read-out on frozen features (`finetune.probe_steps`), log it as epoch -1, and return it as the
+    best state so far: if fine-tuning then only distorts the features, the held-out part keeps the probe."""
+    losses = fit_readout(model, features, cache, labels, fit, cfg.finetune.probe_steps, cfg.finetune.probe_lr,
+                         cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample)
+    model.eval()
+    p = heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device, features)
+    auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
+    log.info("member %d: read-out fitted on frozen features (%d steps, loss %.4f -> %.4f), held-out AUC %.3f",
+             seed, len(losses), losses[0], losses[-1], auc)
+    if log_file is not None:
+        with open(log_file, "a") as f:
+            f.write(json.dumps({"member": seed, "epoch": -1, "phase": "probe", "step": 0, "loss": losses[-1],
+                                "heldout_auc": auc, "best_epoch": -1}) + "\n")
+    return {"auc": auc if np.isfinite(auc) else -1.0, "epoch": -1,
+            "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 
 @torch.no_grad()
