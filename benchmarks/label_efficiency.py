@@ -56,8 +56,8 @@ def arm_overrides(arm: str, encoder: str) -> list[str]:
     if arm.startswith("mil"):  # the instance read-out of frozen tokens, fitted on the feature table (LP only)
         return [f"init={encoder if arm == 'mil' else 'scratch'}", "finetune.freeze=true",
                 *TOKEN_READOUT]
-    if arm == "lpft":  # that read-out first, then everything fine-tuned (engine/probe.py)
-        return [f"init={encoder}", *TOKEN_READOUT]
+    if arm == "lpft":  # that read-out first, then everything fine-tuned at finetune/demo's low lr (engine/probe.py)
+        return [f"init={encoder}", *TOKEN_READOUT, "train.lr=3.2e-3"]
     return [f"init={encoder}"] + (["finetune.freeze=true", "train.lr=0.32", "train.weight_decay=1e-4",
                                    "train.weight_decay_end=1e-4"] if arm == "probe" else [])
 

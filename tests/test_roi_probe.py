@@ -98,8 +98,10 @@ def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run
     finetune(cfg, tiny_set, out)
     enc0, _, _ = encoder_init(str(gmml_roi_run))
     sd = load_file(str(out / "model-0.safetensors"))
-    for k, v in enc0.items():  # the encoder is exactly the pretrained one
-        assert torch.equal(sd[f"encoder.{k}"], v), k
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    for k, v in enc0.items():  # the encoder's weights are exactly the pretrained ones (its stem's batch-norm
+        if not k.endswith(stats):  # statistics are re-estimated on clean slices: test_batch_norm_recalibrated)
+            assert torch.equal(sd[f"encoder.{k}"], v), k
     first = load_config(None, [f"init={gmml_roi_run}", f"finetune.aggregator={aggregator}"])
     assert any(not torch.equal(sd[k], v) for k, v in build_classifier(first).state_dict().items()
                if k.startswith(("head", "aggregate")) and v.is_floating_point())  # the read-out trained
@@ -166,3 +168,31 @@ def test_lp_ft_fits_the_readout_then_fine_tunes_everything(gmml_roi_run: Path, t
     assert any(not torch.equal(sd[f"encoder.{k}"], v) for k, v in enc0.items() if v.is_floating_point())
     with pytest.raises(SbsslError, match="train.epochs"):
         load_config(None, ["train.epochs=0"])  # nothing would train
+
+
+def test_batch_norm_recalibrated_on_clean_slices(gmml_roi_run: Path, tiny_set: Path):
+    """GMML estimated the stem's statistics on corrupted inputs; fine-tuning re-estimates them on its own slices."""
+    from sbssl.data.cache import slice_cache_for
+    from sbssl.data.datasets import gather_index
+    from sbssl.data.preprocessing import Preprocessing
+    from sbssl.engine.finetune import recalibrate_batch_norm
+    from sbssl.models.encoder_file import apply_encoder_meta
+
+    sd, meta, _ = encoder_init(str(gmml_roi_run))
+    cfg = load_config(None, [f"init={gmml_roi_run}", "finetune.slices=4"])
+    apply_encoder_meta(cfg, meta)
+    model = build_classifier(cfg)
+    model.encoder.load_state_dict(sd)
+    cache, records = slice_cache_for(cfg, tiny_set, "train")
+    exams = np.arange(len(records))
+    pre = Preprocessing.from_meta(meta)
+    recalibrate_batch_norm(model, cache, exams, pre, "cpu")
+    rows = np.unique(gather_index(cache, exams, model.slices)[0])
+    x = pre.normalise(torch.from_numpy(cache.data[rows])[:, None])
+    conv, bn = model.encoder.patch_embed.proj[0], model.encoder.patch_embed.proj[1]
+    with torch.no_grad():
+        h = conv(x)
+    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, h.var((0, 2, 3)), rtol=1e-2, atol=1e-4)
+    assert not torch.allclose(bn.running_mean, sd["patch_embed.proj.1.running_mean"], atol=1e-3)
+    assert torch.equal(bn.weight, sd["patch_embed.proj.1.weight"]) and bn.momentum == 0.1

@@ -107,7 +107,7 @@ class FinetuneConfig:
     select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
     probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off)
-    probe_lr: float = 1.0e-2  # the read-out's AdamW lr in that stage (not scaled with the batch)
+    probe_lr: float = 3.0e-3  # the read-out's AdamW lr in that stage (not scaled with the batch)
     probe_batch_exams: int = 64
     labels: int = 0  # use only this many labelled train exams (stratified, nested as it grows); 0 = all
 

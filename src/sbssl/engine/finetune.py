@@ -106,6 +106,8 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         model.encoder.load_state_dict(init[0])
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
+    if init is not None and st is None:
+        recalibrate_batch_norm(model, cache, np.concatenate([fit, held]), pre, fabric.device)
     done = -1 if st is None else st["epoch"]
     if rank == 0:  # a member's log lines after its checkpoint go (all of them, a probe's too, when it restarts)
         trim_jsonl(out / LOG, lambda r: r.get("member") != seed or (st is not None and r.get("epoch", 0) <= done))
@@ -183,6 +185,22 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         fabric.barrier()
     state = best["state"] if best["state"] is not None else copy.deepcopy(model.state_dict())
     return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model, cache, exams: np.ndarray, pre: Preprocessing, device, batch: int = 256) -> None:
+    """Re-estimate the running statistics of the encoder's batch norms (the conv stem's) on the clean slices that
+    fine-tuning reads. GMML estimated them on its corrupted inputs (up to 70% noise), so a pretrained encoder in
+    eval mode would normalise clean slices with the statistics of noisy ones: the frozen features a probe reads
+    and the features of a fine-tuning step (batch statistics) would then differ, and the read-out fitted on the
+    one would not fit the other. (torch's `update_bn`, as for SWA; the learned scales stay.)"""
+    from torch.optim.swa_utils import update_bn
+
+    rows = np.unique(gather_index(cache, exams, model.slices)[0])
+    stem = getattr(model.encoder, "patch_embed", model.encoder)  # a ViT's batch norms are all in its stem
+    stem.to(device)
+    update_bn((pre.normalise(torch.from_numpy(cache.data[rows[i: i + batch]])[:, None]) for i in
+               range(0, len(rows), batch)), stem, device)
 
 
 def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
