@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80, help="optimiser steps per run (epochs follow from n)")
     ap.add_argument("--finetune", default="", help="extra fine-tuning overrides")
     ap.add_argument("--docs", default=str(HERE.parent / "docs" / "label_efficiency.png"))
+    ap.add_argument("--name", default="label_efficiency", help="results/NAME.json")
     a = ap.parse_args()
     work, t0 = Path(a.work), time.perf_counter()
     data = Path(a.data) if a.data else work / "data" / "MRNet-v1.0"
@@ -162,7 +163,7 @@ def main() -> None:
            "points": points, "differences": diffs, "seconds": time.perf_counter() - t0}
     summary = "; ".join(f"n={d['labels']} {d['arm']} {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, "
                         f"{d['ci95'][1]:+.3f}]" for d in diffs)
-    record("label_efficiency", out, "python " + " ".join(sys.argv), summary)
+    record(a.name, out, "python " + " ".join(sys.argv), summary)
 
 
 if __name__ == "__main__":
