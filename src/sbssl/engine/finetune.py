@@ -31,6 +31,7 @@ from sbssl.engine.inference import (
     config_json,
     load_ensemble,
     predict_probs,
+    rows_read,
     score_split,
     slice_feature_table,
 )
@@ -106,8 +107,9 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         model.encoder.load_state_dict(init[0])
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
-    if init is not None and st is None:
-        recalibrate_batch_norm(model, cache, np.concatenate([fit, held]), pre, fabric.device)
+    read = np.concatenate([fit, held])  # every exam this member reads: its slices feed statistics and tables
+    if init is not None:  # also on resume: a frozen encoder's feature table is rebuilt before the checkpoint loads
+        recalibrate_batch_norm(model, cache, read, pre, fabric.device)
     done = -1 if st is None else st["epoch"]
     if rank == 0:  # a member's log lines after its checkpoint go (all of them, a probe's too, when it restarts)
         trim_jsonl(out / LOG, lambda r: r.get("member") != seed or (st is not None and r.get("epoch", 0) <= done))
@@ -115,8 +117,7 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
     features = None
     if cfg.finetune.freeze or probe:  # the frozen encoder's features, computed once, looked up by cache row
         with fabric.autocast():
-            features = slice_feature_table(model.to(fabric.device), cache, np.concatenate([fit, held]), pre,
-                                           fabric.device)
+            features = slice_feature_table(model.to(fabric.device), cache, read, pre, fabric.device)
     table = features if cfg.finetune.freeze else None  # linear probing: the head trains on lookups only
     if cfg.finetune.freeze:
         model.encoder.requires_grad_(False)
@@ -168,12 +169,10 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
                               lambda b: len(b["exams"]), epoch,
                               f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
         model_f.eval()
-        p = heldout_probs(model_f, model, cache, held, pre, cfg.finetune.batch_exams, fabric.device, table)
-        auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
-        improved = cfg.finetune.select == "last" or not np.isfinite(auc) or auc > best["auc"]
-        if improved:
-            best = {"auc": auc if np.isfinite(auc) else -1.0, "epoch": epoch,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        auc = heldout_auc(labels[held], heldout_probs(model_f, model, cache, held, pre, cfg.finetune.batch_exams,
+                                                      fabric.device, table))
+        if cfg.finetune.select == "last" or not np.isfinite(auc) or auc > best["auc"]:
+            best = candidate(model, auc, epoch)
         if rank == 0:
             rec = {"member": seed, **rec, "heldout_auc": auc, "best_epoch": best["epoch"]}
             with open(out / LOG, "a") as f:
@@ -196,7 +195,7 @@ def recalibrate_batch_norm(model, cache, exams: np.ndarray, pre: Preprocessing, 
     one would not fit the other. (torch's `update_bn`, as for SWA; the learned scales stay.)"""
     from torch.optim.swa_utils import update_bn
 
-    rows = np.unique(gather_index(cache, exams, model.slices)[0])
+    rows = rows_read(cache, exams, model.slices)
     stem = getattr(model.encoder, "patch_embed", model.encoder)  # a ViT's batch norms are all in its stem
     stem.to(device)
     update_bn((pre.normalise(torch.from_numpy(cache.data[rows[i: i + batch]])[:, None]) for i in
@@ -210,15 +209,25 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
     losses = fit_readout(model, features, cache, labels, fit, cfg.finetune.probe_steps, cfg.finetune.probe_lr,
                          cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample)
     model.eval()
-    p = heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device, features)
-    auc = float(roc_auc_score(labels[held], p)) if len(np.unique(labels[held])) == 2 else float("nan")
+    auc = heldout_auc(labels[held], heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device,
+                                                  features))
     log.info("member %d: read-out fitted on frozen features (%d steps, loss %.4f -> %.4f), held-out AUC %.3f",
              seed, len(losses), losses[0], losses[-1], auc)
     if log_file is not None:
         with open(log_file, "a") as f:
             f.write(json.dumps({"member": seed, "epoch": -1, "phase": "probe", "step": 0, "loss": losses[-1],
                                 "heldout_auc": auc, "best_epoch": -1}) + "\n")
-    return {"auc": auc if np.isfinite(auc) else -1.0, "epoch": -1,
+    return candidate(model, auc, -1)
+
+
+def heldout_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """AUC on the held-out part of train; NaN when it holds one class only (tiny label budgets)."""
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def candidate(model, auc: float, epoch: int) -> dict:
+    """A state the held-out selection may keep: a CPU copy of the weights, its AUC (-1 when undefined), its epoch."""
+    return {"auc": auc if np.isfinite(auc) else -1.0, "epoch": epoch,
             "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 

@@ -111,13 +111,18 @@ class FeatureTable:
         return self.feats[self.where[rows]]
 
 
+def rows_read(cache: SliceCache, exams: np.ndarray, slices: int) -> np.ndarray:
+    """The sorted distinct cache rows that these exams' selected slices occupy."""
+    return np.unique(gather_index(cache, np.asarray(exams), slices)[0])
+
+
 @torch.no_grad()
 def slice_feature_table(model: SliceClassifier, cache: SliceCache, exams: np.ndarray, pre: Preprocessing, device,
                         batch: int = 256) -> FeatureTable:
     """Frozen-encoder features of every slice these exams read: a linear probe then trains its head on table
     lookups, never running the encoder again. Precision is the caller's (fine-tuning runs it under Fabric's
     autocast)."""
-    rows = np.unique(gather_index(cache, np.asarray(exams), model.slices)[0])
+    rows = rows_read(cache, exams, model.slices)
     model.eval()
     feats = [model.slice_features(pre.normalise(torch.from_numpy(cache.data[rows[i: i + batch]])[:, None]
                                                 .to(device))).float() for i in range(0, len(rows), batch)]
