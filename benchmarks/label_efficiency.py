@@ -40,8 +40,20 @@ ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML,
         "scratch": "random init"}
 COLOURS = {"gmml": "tab:blue", "probe": "tab:green", "mil": "tab:purple", "mil-random": "tab:grey",
            "lpft": "tab:red", "scratch": "tab:orange"}
-READOUT_STEPS = 600  # a frozen encoder's read-out trains on a feature table: steps cost next to nothing
-TOKEN_READOUT = ["finetune.aggregator=instance", f"finetune.probe_steps={READOUT_STEPS}"]
+
+
+def demo_readout() -> list[str]:
+    """finetune/demo's read-out: token scoring fitted on the frozen encoder's feature table (its steps, lr and
+    prior), so the curve measures the recipe the demo ships."""
+    f = load_config("finetune/demo").finetune
+    return ["finetune.aggregator=instance", f"finetune.probe_steps={f.probe_steps}", f"finetune.probe_lr={f.probe_lr}",
+            f"finetune.probe_l2={f.probe_l2}"]
+
+
+def demo_fine_tuning() -> list[str]:
+    """finetune/demo's second LP-FT stage: its lr and drop path."""
+    d = load_config("finetune/demo")
+    return [f"train.lr={d.train.lr}", f"model.drop_path={d.model.drop_path}"]
 
 
 def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184) -> int:
@@ -54,10 +66,9 @@ def arm_overrides(arm: str, encoder: str) -> list[str]:
     if arm == "scratch":
         return ["init=scratch"]
     if arm.startswith("mil"):  # the instance read-out of frozen tokens, fitted on the feature table (LP only)
-        return [f"init={encoder if arm == 'mil' else 'scratch'}", "finetune.freeze=true",
-                *TOKEN_READOUT]
+        return [f"init={encoder if arm == 'mil' else 'scratch'}", "finetune.freeze=true", *demo_readout()]
     if arm == "lpft":  # that read-out first, then everything fine-tuned at finetune/demo's low lr (engine/probe.py)
-        return [f"init={encoder}", *TOKEN_READOUT, "train.lr=3.2e-3"]
+        return [f"init={encoder}", *demo_readout(), *demo_fine_tuning()]
     return [f"init={encoder}"] + (["finetune.freeze=true", "train.lr=0.32", "train.weight_decay=1e-4",
                                    "train.weight_decay_end=1e-4"] if arm == "probe" else [])
 

@@ -129,28 +129,52 @@ def _lifted_tokens(n_exams: int = 24, slices: int = 3, tokens: int = 4, dim: int
     return feats, labels.astype(int)
 
 
-def test_fit_readout_learns_from_the_table_alone():
+def _toy_probe():
+    """A tiny instance-scoring classifier and a feature table of lifted tokens, for read-out tests."""
     from sbssl.data.cache import SliceCache
     from sbssl.engine.inference import FeatureTable
-    from sbssl.engine.probe import fit_readout
     from sbssl.models.slice_classifier import InstanceAggregator, SliceClassifier
 
     feats, labels = _lifted_tokens()
     n, slices = len(labels), feats.shape[0] // len(labels)
     cache = SliceCache(np.zeros((len(feats), 1, 1), np.uint8), np.arange(n + 1) * slices, [str(i) for i in range(n)],
                        0.0, 1.0)
-    table = FeatureTable(feats, torch.arange(len(feats)))
-    enc = create_encoder("vit_tiny", 8, 4, 1, 0.0)
-    model = SliceClassifier(enc, "instance", slices)
+    model = SliceClassifier(create_encoder("vit_tiny", 8, 4, 1, 0.0), "instance", slices)
     model.aggregate = InstanceAggregator(feats.shape[-1])  # scores the 8-dim toy tokens
-    enc_before = {k: v.clone() for k, v in enc.state_dict().items()}
+    return model, FeatureTable(feats, torch.arange(len(feats))), cache, feats, labels
+
+
+def test_fit_readout_learns_from_the_table_alone():
+    from sbssl.engine.probe import fit_readout
+
+    model, table, cache, feats, labels = _toy_probe()
+    n, slices = len(labels), feats.shape[0] // len(labels)
+    enc_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     losses = fit_readout(model, table, cache, labels, np.arange(n), steps=150, lr=5e-2, batch_exams=16, seed=0)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
     model.eval()
     with torch.no_grad():
         s = model.classify(feats, torch.full((n,), slices))[:, 1].numpy()
     assert s[labels == 1].min() > s[labels == 0].max()  # the lifted token decides every exam
-    assert all(torch.equal(v, enc_before[k]) for k, v in enc.state_dict().items())
+    assert all(torch.equal(v, enc_before[k]) for k, v in model.encoder.state_dict().items())
+
+
+def test_readout_prior_shrinks_weights_not_bias_and_fades_with_labels():
+    from sbssl.engine.probe import fit_readout, readout_parameters, weight_penalty
+
+    norms = {}
+    for l2 in (0.0, 30.0):
+        model, table, cache, _, labels = _toy_probe()
+        fit_readout(model, table, cache, labels, np.arange(len(labels)), steps=150, lr=5e-2, batch_exams=16, seed=0,
+                    l2=l2)
+        norms[l2] = float(model.aggregate.score.weight.norm())
+    assert norms[30.0] < 0.5 * norms[0.0]  # the prior pulls the scorer towards 0
+    model, *_ = _toy_probe()
+    params = readout_parameters(model)
+    w2 = float(model.aggregate.score.weight.pow(2).sum())
+    assert float(weight_penalty(params, 4.0, 8)) == pytest.approx(0.5 * w2)  # l2 / n * |W|^2, the bias free
+    assert float(weight_penalty(params, 4.0, 80)) == pytest.approx(0.05 * w2)  # ten times the labels: a tenth
+    assert weight_penalty(params, 0.0, 8) == 0.0
 
 
 def test_lp_ft_fits_the_readout_then_fine_tunes_everything(gmml_roi_run: Path, tiny_set: Path, tmp_path: Path):

@@ -109,6 +109,7 @@ class FinetuneConfig:
     probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off)
     probe_lr: float = 3.0e-3  # the read-out's AdamW lr in that stage (not scaled with the batch)
     probe_batch_exams: int = 64
+    probe_l2: float = 0.0  # the read-out's Gaussian prior, in pseudo-exams (engine/probe.py: weight_penalty)
     labels: int = 0  # use only this many labelled train exams (stratified, nested as it grows); 0 = all
 
 
@@ -212,6 +213,7 @@ def validate(cfg: DictConfig) -> None:
         ("finetune.probe_steps", cfg.finetune.probe_steps >= 0, ">= 0"),
         ("finetune.probe_lr", cfg.finetune.probe_lr > 0, "> 0"),
         ("finetune.probe_batch_exams", cfg.finetune.probe_batch_exams >= 1, ">= 1"),
+        ("finetune.probe_l2", cfg.finetune.probe_l2 >= 0, ">= 0"),
         ("finetune.labels", cfg.finetune.labels == 0 or cfg.finetune.labels >= 4, "0 (all) or >= 4"),
     ]
     for key, ok, want in checks:

@@ -33,11 +33,23 @@ def readout_parameters(model: SliceClassifier) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
 
 
+def weight_penalty(params: list[torch.nn.Parameter], l2: float, n: int) -> torch.Tensor | float:
+    """A Gaussian prior on the read-out's weight matrices (biases free), in the units of logistic regression:
+    (l2 / n) * |W|^2 added to the mean loss over n labelled exams equals l2 pseudo-exams of prior evidence, so
+    one setting serves every label budget and its pull fades as labels grow. AdamW's decoupled decay is no
+    substitute: at lr 3e-3 for 600 steps it shrinks the weights by ~1%, which leaves 193 free weights fitted
+    to 7 positives."""
+    if l2 <= 0:
+        return 0.0
+    return l2 / n * sum(p.pow(2).sum() for p in params if p.ndim > 1)
+
+
 def fit_readout(model: SliceClassifier, table: FeatureTable, cache: SliceCache, labels: np.ndarray,
-                fit: np.ndarray, steps: int, lr: float, batch_exams: int, seed: int, oversample: bool = True
-                ) -> list[float]:
-    """Train the aggregator and head of `model` on table lookups for `steps` AdamW steps (cosine from `lr`);
-    the encoder is not run and not changed. Returns the loss of every step."""
+                fit: np.ndarray, steps: int, lr: float, batch_exams: int, seed: int, oversample: bool = True,
+                l2: float = 0.0) -> list[float]:
+    """Train the aggregator and head of `model` on table lookups for `steps` AdamW steps (cosine from `lr`),
+    under the prior `weight_penalty(l2)`; the encoder is not run and not changed. Returns the loss of every
+    step (the data term)."""
     params = readout_parameters(model)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
     batches = exam_batches(labels, fit, min(batch_exams, len(fit)), torch.Generator().manual_seed(seed), oversample)
@@ -53,7 +65,7 @@ def fit_readout(model: SliceClassifier, table: FeatureTable, cache: SliceCache, 
         logits = model.classify(table[torch.from_numpy(rows).to(device)], lengths.to(device))
         loss = F.cross_entropy(logits.float(), y_all[torch.from_numpy(exams).to(device)])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + weight_penalty(params, l2, len(fit))).backward()
         opt.step()
         losses.append(float(loss.detach()))
     return losses

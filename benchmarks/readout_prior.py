@@ -1,0 +1,110 @@
+"""The read-out's prior (`finetune.probe_l2`) and the block it reads, chosen on a *selection* set: the product's own
+probe (recalibrated stem, feature table, `engine.probe.fit_readout` with finetune/demo's steps and lr) fitted on
+n labelled train exams and scored on that set's valid split.
+
+    python benchmarks/readout_prior.py --data SELECTION_ROOT [--encoders builtin:cpu,RUN] [--labels 50,100,160]
+                                       [--l2 0,3,10,30,100] [--blocks 12] [--seeds 0,1,2] [--name readout_prior]
+
+Run it on a set made for choosing (the learnability set: `sbssl synth ... --seed 3`), never on the demo's
+(seed 0) or the label-efficiency set (seed 2), whose valid splits report results. Each fit uses the exams that
+`sbssl finetune finetune.labels=n train.seed=s` would fit on (the labelled subset, less its held-out fifth). One
+difference from a fine-tuning run, for speed: the stem's batch-norm statistics are re-estimated once on all train
+exams rather than on each subset. --blocks k reads the tokens after the encoder's first k blocks (its final norm
+applied), to see where in depth the masked-image-modelling features hold the finding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import record  # noqa: E402
+
+from sbssl.config import load_config  # noqa: E402
+from sbssl.data.cache import slice_cache_for  # noqa: E402
+from sbssl.data.datasets import gather_index  # noqa: E402
+from sbssl.data.preprocessing import Preprocessing  # noqa: E402
+from sbssl.engine.finetune import recalibrate_batch_norm  # noqa: E402
+from sbssl.engine.inference import slice_feature_table  # noqa: E402
+from sbssl.engine.probe import fit_readout  # noqa: E402
+from sbssl.engine.sampling import labelled_subset, stratified_holdout  # noqa: E402
+from sbssl.models.build import build_classifier  # noqa: E402
+from sbssl.models.encoder_file import apply_encoder_meta, encoder_init  # noqa: E402
+
+
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",")]
+
+
+def frozen_model(encoder: str, blocks: int):
+    """finetune/demo's classifier on `encoder`, cut after `blocks` blocks, in eval mode; its config and input
+    preprocessing."""
+    cfg = load_config("finetune/demo", [f"init={encoder}"])
+    sd, meta, _ = encoder_init(encoder)
+    apply_encoder_meta(cfg, meta)
+    torch.manual_seed(0)
+    model = build_classifier(cfg)
+    model.encoder.load_state_dict(sd)
+    model.encoder.blocks = model.encoder.blocks[:blocks]
+    return model, cfg, Preprocessing.from_meta(meta)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="the selection set (MRNet layout)")
+    ap.add_argument("--encoders", default="builtin:cpu")
+    ap.add_argument("--labels", default="50,100,160")
+    ap.add_argument("--l2", default="0,3,10,30,100", help="finetune.probe_l2 values")
+    ap.add_argument("--blocks", default="12", help="read the tokens after this many blocks")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--name", default="readout_prior")
+    a = ap.parse_args()
+    t0, root, rows = time.perf_counter(), Path(a.data), []
+    for encoder in a.encoders.split(","):
+        for k in ints(a.blocks):
+            model, cfg, pre = frozen_model(encoder, k)
+            tables, caches, labels = {}, {}, {}
+            for split in ("train", "valid"):
+                caches[split], recs = slice_cache_for(cfg, root, split)
+                labels[split] = np.array([r.label for r in recs])
+            recalibrate_batch_norm(model, caches["train"], np.arange(len(labels["train"])), pre, "cpu")
+            with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+                for split in caches:
+                    tables[split] = slice_feature_table(model, caches[split], np.arange(len(labels[split])), pre,
+                                                        "cpu")
+            first = {n: v.clone() for n, v in model.state_dict().items()}
+            y, yv = labels["train"], labels["valid"]
+            rows_v, lengths_v = gather_index(caches["valid"], np.arange(len(yv)), model.slices)
+            for n in ints(a.labels):
+                for l2 in [float(v) for v in a.l2.split(",")]:
+                    aucs = []
+                    for seed in ints(a.seeds):
+                        model.load_state_dict(first)
+                        used = labelled_subset(y, n, seed)
+                        fit = used[stratified_holdout(y[used], cfg.finetune.val_fraction, seed)[0]]
+                        fit_readout(model, tables["train"], caches["train"], y, fit, cfg.finetune.probe_steps,
+                                    cfg.finetune.probe_lr, cfg.finetune.probe_batch_exams, seed,
+                                    cfg.finetune.oversample, l2)
+                        model.eval()
+                        with torch.no_grad():
+                            logits = model.classify(tables["valid"][torch.from_numpy(rows_v)], lengths_v)
+                        aucs.append(float(roc_auc_score(yv, logits.float().softmax(1)[:, 1].numpy())))
+                    rows.append({"encoder": encoder, "blocks": k, "labels": n, "l2": l2, "auc": aucs})
+                    print(f"{encoder} blocks {k:2d} n={n:4d} l2={l2:6g} AUC {np.mean(aucs):.3f} ("
+                          + " / ".join(f"{v:.3f}" for v in aucs) + f")  {time.perf_counter() - t0:.0f} s",
+                          flush=True)
+    summary = "; ".join(f"{r['encoder']} k={r['blocks']} n={r['labels']} l2={r['l2']:g} {np.mean(r['auc']):.3f}"
+                        for r in rows)
+    record(a.name, {"data": str(root), "rows": rows, "seconds": time.perf_counter() - t0},
+           "python " + " ".join(sys.argv), summary)
+
+
+if __name__ == "__main__":
+    main()
