@@ -167,13 +167,13 @@ def test_readout_prior_shrinks_weights_not_bias_and_fades_with_labels():
         model, table, cache, _, labels = _toy_probe()
         fit_readout(model, table, cache, labels, np.arange(len(labels)), steps=150, lr=5e-2, batch_exams=16, seed=0,
                     l2=l2)
-        norms[l2] = float(model.aggregate.score.weight.norm())
+        norms[l2] = float(model.aggregate.score.weight.detach().norm())
     assert norms[30.0] < 0.5 * norms[0.0]  # the prior pulls the scorer towards 0
     model, *_ = _toy_probe()
     params = readout_parameters(model)
-    w2 = float(model.aggregate.score.weight.pow(2).sum())
-    assert float(weight_penalty(params, 4.0, 8)) == pytest.approx(0.5 * w2)  # l2 / n * |W|^2, the bias free
-    assert float(weight_penalty(params, 4.0, 80)) == pytest.approx(0.05 * w2)  # ten times the labels: a tenth
+    w2 = float(model.aggregate.score.weight.detach().pow(2).sum())
+    assert float(weight_penalty(params, 4.0, 8).detach()) == pytest.approx(0.5 * w2)  # l2 / n * |W|^2, the bias free
+    assert float(weight_penalty(params, 4.0, 80).detach()) == pytest.approx(0.05 * w2)  # ten times the labels: a tenth
     assert weight_penalty(params, 0.0, 8) == 0.0
 
 
