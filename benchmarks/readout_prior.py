@@ -22,16 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.data.cache import slice_cache_for  # noqa: E402
-from sbssl.data.datasets import gather_index  # noqa: E402
 from sbssl.data.preprocessing import Preprocessing  # noqa: E402
-from sbssl.engine.finetune import recalibrate_batch_norm  # noqa: E402
+from sbssl.engine.finetune import heldout_auc, heldout_probs, recalibrate_batch_norm  # noqa: E402
 from sbssl.engine.inference import slice_feature_table  # noqa: E402
 from sbssl.engine.probe import fit_readout  # noqa: E402
 from sbssl.engine.sampling import labelled_subset, stratified_holdout  # noqa: E402
@@ -81,7 +79,6 @@ def main() -> None:
                                                         "cpu")
             first = {n: v.clone() for n, v in model.state_dict().items()}
             y, yv = labels["train"], labels["valid"]
-            rows_v, lengths_v = gather_index(caches["valid"], np.arange(len(yv)), model.slices)
             for n in ints(a.labels):
                 for l2 in [float(v) for v in a.l2.split(",")]:
                     aucs = []
@@ -93,9 +90,8 @@ def main() -> None:
                                     cfg.finetune.probe_lr, cfg.finetune.probe_batch_exams, seed,
                                     cfg.finetune.oversample, l2)
                         model.eval()
-                        with torch.no_grad():
-                            logits = model.classify(tables["valid"][torch.from_numpy(rows_v)], lengths_v)
-                        aucs.append(float(roc_auc_score(yv, logits.float().softmax(1)[:, 1].numpy())))
+                        aucs.append(heldout_auc(yv, heldout_probs(model, model, caches["valid"], np.arange(len(yv)),
+                                                                  pre, 64, "cpu", tables["valid"])))
                     rows.append({"encoder": encoder, "blocks": k, "labels": n, "l2": l2, "auc": aucs})
                     print(f"{encoder} blocks {k:2d} n={n:4d} l2={l2:6g} AUC {np.mean(aucs):.3f} ("
                           + " / ".join(f"{v:.3f}" for v in aucs) + f")  {time.perf_counter() - t0:.0f} s",
