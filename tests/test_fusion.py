@@ -91,6 +91,14 @@ def test_fuse_refuses_runs_that_cannot_be_fused(plane_runs: dict[str, Path], tmp
     split["held_out"], split["fit"] = split["fit"][:5], split["fit"][5:] + split["held_out"]
     (shifted / "split.json").write_text(json.dumps(split))
     assert_user_error(run_cli("fuse", sag, shifted, "--out", tmp_path / "c"), "held out other train exams")
+    read_outs = []  # read-out-only runs (train.epochs=0) fit on every labelled exam: nothing left to fuse on
+    for run in (sag, cor):
+        read_outs.append(tmp_path / f"all-{run.name}")
+        shutil.copytree(run, read_outs[-1])
+        split = json.loads((read_outs[-1] / "split.json").read_text())
+        split["fit"], split["held_out"] = split["fit"] + split["held_out"], []
+        (read_outs[-1] / "split.json").write_text(json.dumps(split))
+    assert_user_error(run_cli("fuse", *read_outs, "--out", tmp_path / "e"), "held out no train exams")
     assert_user_error(run_cli("fuse", sag, "--out", tmp_path / "d"), "at least two")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from sbssl.augment import SliceAugment, flip_probability
 from sbssl.config import load_config
 from sbssl.data.cache import prepare_volume, roi
+from sbssl.data.layout import list_exams
 from sbssl.engine.finetune import finetune
 from sbssl.engine.inference import load_ensemble
 from sbssl.errors import SbsslError
@@ -96,6 +98,10 @@ def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run
     cfg = load_config(None, FT + [f"init={gmml_roi_run}", "finetune.freeze=true", "finetune.ensemble=1",
                                   f"finetune.aggregator={aggregator}", "finetune.slice_feature=max", *schedule])
     finetune(cfg, tiny_set, out)
+    split = json.loads((out / "split.json").read_text())
+    read_out_only = "train.epochs=0" in schedule  # nothing to choose: every labelled exam fits the read-out
+    assert (len(split["held_out"]) == 0) == read_out_only
+    assert len(split["fit"]) + len(split["held_out"]) == len(list_exams(tiny_set, "train"))
     enc0, _, _ = encoder_init(str(gmml_roi_run))
     sd = load_file(str(out / "model-0.safetensors"))
     stats = ("running_mean", "running_var", "num_batches_tracked")

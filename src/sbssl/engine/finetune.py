@@ -71,7 +71,10 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
     used = labelled_subset(labels, cfg.finetune.labels, cfg.train.seed)
-    fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
+    if cfg.train.epochs > 0:  # the held-out part chooses the epoch (LP-FT: the read-out is one candidate)
+        fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
+    else:  # a read-out alone is not chosen among anything: every labelled exam fits it (9 positives in 50, not 7)
+        fit, held = used, used[:0]
     if rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
@@ -210,7 +213,7 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
                          cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample, cfg.finetune.probe_l2)
     model.eval()
     auc = heldout_auc(labels[held], heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device,
-                                                  features))
+                                                  features)) if len(held) else float("nan")
     log.info("member %d: read-out fitted on frozen features (%d steps, loss %.4f -> %.4f), held-out AUC %.3f",
              seed, len(losses), losses[0], losses[-1], auc)
     if log_file is not None:
