@@ -46,7 +46,8 @@ def demo_readout() -> list[str]:
     """finetune/demo's read-out: token scoring fitted on the frozen encoder's feature table (its steps, lr and
     prior), so the curve measures the recipe the demo ships."""
     f = load_config("finetune/demo").finetune
-    return ["finetune.aggregator=instance", f"finetune.probe_steps={f.probe_steps}", f"finetune.probe_lr={f.probe_lr}",
+    return ["finetune.aggregator=instance", f"finetune.probe_steps={f.probe_steps}",
+            f"finetune.probe_solver={f.probe_solver}", f"finetune.probe_lr={f.probe_lr}",
             f"finetune.probe_l2={f.probe_l2}"]
 
 

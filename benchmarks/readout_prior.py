@@ -1,16 +1,19 @@
-"""The read-out's prior (`finetune.probe_l2`) and the block it reads, chosen on a *selection* set: the product's own
-probe (recalibrated stem, feature table, `engine.probe.fit_readout` with finetune/demo's steps and lr) fitted on
-n labelled train exams and scored on that set's valid split.
+"""The read-out's solver and prior (`finetune.probe_solver`, `finetune.probe_l2`) and the block it reads, chosen
+on a *selection* set: the product's own probe (recalibrated stem, feature table, `engine.probe.fit_readout` with
+finetune/demo's steps and lr) fitted on n labelled train exams and scored on that set's valid split.
 
     python benchmarks/readout_prior.py --data SELECTION_ROOT [--encoders builtin:cpu,RUN] [--labels 50,100,160]
-                                       [--l2 0,3,10,30,100] [--blocks 12] [--seeds 0,1,2] [--name readout_prior]
+                                       [--solvers lbfgs,adamw] [--l2 0,3,10,30,100] [--restarts 1,8]
+                                       [--blocks 12]
+                                       [--seeds 0,1,2] [--name readout_prior]
 
 Run it on a set made for choosing (the learnability set: `sbssl synth ... --seed 3`), never on the demo's
 (seed 0) or the label-efficiency set (seed 2), whose valid splits report results. Each fit uses the exams that
-`sbssl finetune finetune.labels=n train.seed=s` would fit on (the labelled subset, less its held-out fifth). One
-difference from a fine-tuning run, for speed: the stem's batch-norm statistics are re-estimated once on all train
-exams rather than on each subset. --blocks k reads the tokens after the encoder's first k blocks (its final norm
-applied), to see where in depth the masked-image-modelling features hold the finding.
+`sbssl finetune finetune.labels=n train.seed=s train.epochs=0` fits on (the whole labelled subset: a read-out
+alone holds nothing out). One difference from a fine-tuning run, for speed: the stem's batch-norm statistics are
+re-estimated once on all train exams rather than on each subset. --blocks k reads the tokens after the encoder's
+first k blocks (its final norm applied), to see where in depth the masked-image-modelling features hold the
+finding.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +36,11 @@ from sbssl.data.preprocessing import Preprocessing  # noqa: E402
 from sbssl.engine.finetune import heldout_auc, heldout_probs, recalibrate_batch_norm  # noqa: E402
 from sbssl.engine.inference import slice_feature_table  # noqa: E402
 from sbssl.engine.probe import fit_readout  # noqa: E402
-from sbssl.engine.sampling import labelled_subset, stratified_holdout  # noqa: E402
+from sbssl.engine.sampling import labelled_subset  # noqa: E402
 from sbssl.models.build import build_classifier  # noqa: E402
 from sbssl.models.encoder_file import apply_encoder_meta, encoder_init  # noqa: E402
+
+STEPS = {"adamw": 600}  # the AdamW read-out of sessions 3-5 (finetune/demo's steps are L-BFGS iterations now)
 
 
 def ints(s: str) -> list[int]:
@@ -59,7 +65,9 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="the selection set (MRNet layout)")
     ap.add_argument("--encoders", default="builtin:cpu")
     ap.add_argument("--labels", default="50,100,160")
+    ap.add_argument("--solvers", default="lbfgs", help="finetune.probe_solver values")
     ap.add_argument("--l2", default="0,3,10,30,100", help="finetune.probe_l2 values")
+    ap.add_argument("--restarts", default="8", help="finetune.probe_restarts values (lbfgs)")
     ap.add_argument("--blocks", default="12", help="read the tokens after this many blocks")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--name", default="readout_prior")
@@ -79,25 +87,25 @@ def main() -> None:
                                                         "cpu")
             first = {n: v.clone() for n, v in model.state_dict().items()}
             y, yv = labels["train"], labels["valid"]
-            for n in ints(a.labels):
-                for l2 in [float(v) for v in a.l2.split(",")]:
-                    aucs = []
-                    for seed in ints(a.seeds):
-                        model.load_state_dict(first)
-                        used = labelled_subset(y, n, seed)
-                        fit = used[stratified_holdout(y[used], cfg.finetune.val_fraction, seed)[0]]
-                        fit_readout(model, tables["train"], caches["train"], y, fit, cfg.finetune.probe_steps,
-                                    cfg.finetune.probe_lr, cfg.finetune.probe_batch_exams, seed,
-                                    cfg.finetune.oversample, l2)
-                        model.eval()
-                        aucs.append(heldout_auc(yv, heldout_probs(model, model, caches["valid"], np.arange(len(yv)),
-                                                                  pre, 64, "cpu", tables["valid"])))
-                    rows.append({"encoder": encoder, "blocks": k, "labels": n, "l2": l2, "auc": aucs})
-                    print(f"{encoder} blocks {k:2d} n={n:4d} l2={l2:6g} AUC {np.mean(aucs):.3f} ("
-                          + " / ".join(f"{v:.3f}" for v in aucs) + f")  {time.perf_counter() - t0:.0f} s",
-                          flush=True)
-    summary = "; ".join(f"{r['encoder']} k={r['blocks']} n={r['labels']} l2={r['l2']:g} {np.mean(r['auc']):.3f}"
-                        for r in rows)
+            for n, solver, l2, restarts in product(ints(a.labels), a.solvers.split(","),
+                                                   [float(v) for v in a.l2.split(",")], ints(a.restarts)):
+                steps = STEPS.get(solver, cfg.finetune.probe_steps)
+                aucs = []
+                for seed in ints(a.seeds):
+                    model.load_state_dict(first)
+                    fit_readout(model, tables["train"], caches["train"], y, labelled_subset(y, n, seed), steps,
+                                cfg.finetune.probe_lr, cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample,
+                                l2, solver, restarts)
+                    model.eval()
+                    aucs.append(heldout_auc(yv, heldout_probs(model, model, caches["valid"], np.arange(len(yv)),
+                                                              pre, 64, "cpu", tables["valid"])))
+                rows.append({"encoder": encoder, "blocks": k, "labels": n, "solver": solver, "steps": steps,
+                             "restarts": restarts, "l2": l2, "auc": aucs})
+                print(f"{encoder} blocks {k:2d} n={n:4d} {solver} ({steps} x {restarts}) l2={l2:6g} AUC "
+                      f"{np.mean(aucs):.3f} ("
+                      + " / ".join(f"{v:.3f}" for v in aucs) + f")  {time.perf_counter() - t0:.0f} s", flush=True)
+    summary = "; ".join(f"{r['encoder']} k={r['blocks']} n={r['labels']} {r['solver']} x{r['restarts']} l2={r['l2']:g} "
+                        f"{np.mean(r['auc']):.3f}" for r in rows)
     record(a.name, {"data": str(root), "rows": rows, "seconds": time.perf_counter() - t0},
            "python " + " ".join(sys.argv), summary)
 

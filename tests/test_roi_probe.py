@@ -143,6 +143,7 @@ def _toy_probe():
 
     feats, labels = _lifted_tokens()
     n, slices = len(labels), feats.shape[0] // len(labels)
+    torch.manual_seed(0)  # the read-out's initial weights: a minibatch fit's outcome depends on them
     cache = SliceCache(np.zeros((len(feats), 1, 1), np.uint8), np.arange(n + 1) * slices, [str(i) for i in range(n)],
                        0.0, 1.0)
     model = SliceClassifier(create_encoder("vit_tiny", 8, 4, 1, 0.0), "instance", slices)
@@ -150,14 +151,17 @@ def _toy_probe():
     return model, FeatureTable(feats, torch.arange(len(feats))), cache, feats, labels
 
 
-def test_fit_readout_learns_from_the_table_alone():
+@pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
+def test_fit_readout_learns_from_the_table_alone(solver: str):
     from sbssl.engine.probe import fit_readout
 
     model, table, cache, feats, labels = _toy_probe()
     n, slices = len(labels), feats.shape[0] // len(labels)
     enc_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    losses = fit_readout(model, table, cache, labels, np.arange(n), steps=150, lr=5e-2, batch_exams=16, seed=0)
-    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    losses = fit_readout(model, table, cache, labels, np.arange(n), steps=150, lr=5e-2, batch_exams=16, seed=0,
+                         solver=solver)
+    k = 1 if solver == "lbfgs" else 10  # L-BFGS's objective is the full-batch one; AdamW's, a batch's
+    assert np.mean(losses[-k:]) < 0.5 * np.mean(losses[:k])
     model.eval()
     with torch.no_grad():
         s = model.classify(feats, torch.full((n,), slices))[:, 1].numpy()
@@ -165,14 +169,15 @@ def test_fit_readout_learns_from_the_table_alone():
     assert all(torch.equal(v, enc_before[k]) for k, v in model.encoder.state_dict().items())
 
 
-def test_readout_prior_shrinks_weights_not_bias_and_fades_with_labels():
+@pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
+def test_readout_prior_shrinks_weights_not_bias_and_fades_with_labels(solver: str):
     from sbssl.engine.probe import fit_readout, readout_parameters, weight_penalty
 
     norms = {}
     for l2 in (0.0, 30.0):
         model, table, cache, _, labels = _toy_probe()
         fit_readout(model, table, cache, labels, np.arange(len(labels)), steps=150, lr=5e-2, batch_exams=16, seed=0,
-                    l2=l2)
+                    l2=l2, solver=solver)
         norms[l2] = float(model.aggregate.score.weight.detach().norm())
     assert norms[30.0] < 0.5 * norms[0.0]  # the prior pulls the scorer towards 0
     model, *_ = _toy_probe()
@@ -181,6 +186,30 @@ def test_readout_prior_shrinks_weights_not_bias_and_fades_with_labels():
     assert float(weight_penalty(params, 4.0, 8).detach()) == pytest.approx(0.5 * w2)  # l2 / n * |W|^2, the bias free
     assert float(weight_penalty(params, 4.0, 80).detach()) == pytest.approx(0.05 * w2)  # ten times the labels: a tenth
     assert weight_penalty(params, 0.0, 8) == 0.0
+
+
+def test_lbfgs_restarts_keep_the_lowest_objective_and_are_deterministic():
+    import torch.nn.functional as F
+
+    from sbssl.engine.probe import exam_weights, fit_readout
+
+    def objective(model, feats, labels) -> float:
+        y = torch.as_tensor(labels)
+        with torch.no_grad():
+            ce = F.cross_entropy(model.classify(feats, torch.full((len(y),), feats.shape[0] // len(y))), y,
+                                 reduction="none")
+        return float((ce * exam_weights(y, True)).mean())
+
+    fitted = {}
+    for restarts in (1, 6, 6):
+        model, table, cache, feats, labels = _toy_probe()
+        fit_readout(model, table, cache, labels, np.arange(len(labels)), steps=5, lr=0.0, batch_exams=0, seed=3,
+                    restarts=restarts)
+        model.eval()
+        fitted.setdefault(restarts, []).append((objective(model, feats, labels),
+                                                model.aggregate.score.weight.detach().clone()))
+    assert fitted[6][0][0] <= fitted[1][0][0] + 1e-6  # the first start is among the six
+    assert torch.equal(fitted[6][0][1], fitted[6][1][1])  # the same seed, the same read-out
 
 
 def test_lp_ft_fits_the_readout_then_fine_tunes_everything(gmml_roi_run: Path, tiny_set: Path, tmp_path: Path):

@@ -106,9 +106,12 @@ class FinetuneConfig:
     batch_exams: int = 8
     select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
-    probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off)
-    probe_lr: float = 3.0e-3  # the read-out's AdamW lr in that stage (not scaled with the batch)
-    probe_batch_exams: int = 64
+    probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off);
+    # the solver's iterations (L-BFGS) or steps (AdamW)
+    probe_solver: str = "lbfgs"  # lbfgs (full batch, to convergence) | adamw (minibatches; the lr and batch below)
+    probe_restarts: int = 8  # lbfgs: initial weights tried, the lowest training objective kept (engine/probe.py)
+    probe_lr: float = 3.0e-3  # adamw only: the read-out's lr (not scaled with the batch)
+    probe_batch_exams: int = 64  # adamw only
     probe_l2: float = 0.0  # the read-out's Gaussian prior, in pseudo-exams (engine/probe.py: weight_penalty)
     labels: int = 0  # use only this many labelled train exams (stratified, nested as it grows); 0 = all
 
@@ -211,6 +214,8 @@ def validate(cfg: DictConfig) -> None:
          ">= 1 for concat, >= 0 otherwise"),
         ("finetune.val_fraction", 0 < cfg.finetune.val_fraction < 1, "in (0, 1)"),
         ("finetune.probe_steps", cfg.finetune.probe_steps >= 0, ">= 0"),
+        ("finetune.probe_solver", cfg.finetune.probe_solver in ("lbfgs", "adamw"), "lbfgs or adamw"),
+        ("finetune.probe_restarts", cfg.finetune.probe_restarts >= 1, ">= 1"),
         ("finetune.probe_lr", cfg.finetune.probe_lr > 0, "> 0"),
         ("finetune.probe_batch_exams", cfg.finetune.probe_batch_exams >= 1, ">= 1"),
         ("finetune.probe_l2", cfg.finetune.probe_l2 >= 0, ">= 0"),

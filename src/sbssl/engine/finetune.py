@@ -210,7 +210,8 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
     """Fit the read-out on frozen features (`finetune.probe_steps`), log it as epoch -1, and return it as the
     best state so far: if fine-tuning then only distorts the features, the held-out part keeps the probe."""
     losses = fit_readout(model, features, cache, labels, fit, cfg.finetune.probe_steps, cfg.finetune.probe_lr,
-                         cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample, cfg.finetune.probe_l2)
+                         cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample, cfg.finetune.probe_l2,
+                         cfg.finetune.probe_solver, cfg.finetune.probe_restarts)
     model.eval()
     auc = heldout_auc(labels[held], heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device,
                                                   features)) if len(held) else float("nan")
