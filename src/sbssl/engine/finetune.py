@@ -215,8 +215,9 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
     model.eval()
     auc = heldout_auc(labels[held], heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device,
                                                   features)) if len(held) else float("nan")
-    log.info("member %d: read-out fitted on frozen features (%d steps, loss %.4f -> %.4f), held-out AUC %.3f",
-             seed, len(losses), losses[0], losses[-1], auc)
+    log.info("member %d: read-out fitted on frozen features (%s, %d %s, loss %.4f -> %.4f), held-out AUC %.3f",
+             seed, cfg.finetune.probe_solver, len(losses),
+             "evaluations" if cfg.finetune.probe_solver == "lbfgs" else "steps", losses[0], losses[-1], auc)
     if log_file is not None:
         with open(log_file, "a") as f:
             f.write(json.dumps({"member": seed, "epoch": -1, "phase": "probe", "step": 0, "loss": losses[-1],

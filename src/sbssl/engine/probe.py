@@ -81,8 +81,8 @@ def fit_readout(model: SliceClassifier, table: FeatureTable, cache: SliceCache, 
 def exam_weights(y: torch.Tensor, oversample: bool) -> torch.Tensor:
     """Per-exam loss weights of mean 1: with oversampling each class carries half of the loss (what oversampled
     batches give in expectation), without it every exam counts the same."""
-    pos = y.float().mean()
-    if not oversample or pos in (0, 1):
+    pos = float(y.float().mean())
+    if not oversample or not 0 < pos < 1:
         return torch.ones(len(y), device=y.device)
     return torch.where(y == 1, 0.5 / pos, 0.5 / (1 - pos))
 
