@@ -129,28 +129,30 @@ def _fit_lbfgs(model: SliceClassifier, table: FeatureTable, cache: SliceCache, l
     device = table.feats.device
     y = torch.as_tensor(labels[fit], device=device)
     w = exam_weights(y, oversample)
-    spans = [fit[i: i + chunk_exams] for i in range(0, len(fit), chunk_exams)]
+    index = []  # each chunk's table rows and slice counts, gathered once: every evaluation only looks them up
+    for i in range(0, len(fit), chunk_exams):
+        rows, lengths = gather_index(cache, fit[i: i + chunk_exams], model.slices)
+        index.append((torch.from_numpy(rows).to(device), lengths.to(device)))
 
     def chunks():
-        for exams in spans:
-            rows, lengths = gather_index(cache, exams, model.slices)
-            yield table[torch.from_numpy(rows).to(device)], lengths.to(device)
+        for rows, lengths in index:
+            yield table[rows], lengths
 
-    def objective(losses: list[float]) -> torch.Tensor:
-        """Data term (appended to `losses`) + prior at the current weights, gradients accumulated."""
+    def objective(losses: list[float], grad: bool = True) -> torch.Tensor:
+        """Data term (appended to `losses`) + prior at the current weights; with `grad`, gradients accumulated."""
         data, start = 0.0, 0
         for feats, lengths in chunks():
             k = len(lengths)
             ce = F.cross_entropy(model.classify(feats, lengths).float(), y[start: start + k], reduction="none")
             loss = (ce * w[start: start + k]).sum() / len(fit)
-            loss.backward()
+            if grad:
+                loss.backward()
             data, start = data + float(loss.detach()), start + k
         prior = weight_penalty(params, l2, len(fit))
-        if l2 > 0:
+        if grad and l2 > 0:
             prior.backward()
-            prior = float(prior.detach())
         losses.append(data)
-        return torch.tensor(data + prior)
+        return torch.tensor(data + float(prior.detach() if torch.is_tensor(prior) else prior))
 
     model.eval()
     freeze_readout_norms(model, chunks())
@@ -167,8 +169,8 @@ def _fit_lbfgs(model: SliceClassifier, table: FeatureTable, cache: SliceCache, l
             return objective(losses)
 
         opt.step(closure)
-        with torch.enable_grad():
-            final = float(objective([]))
+        with torch.no_grad():
+            final = float(objective([], grad=False))
         if best is None or final < best[0]:
             best = (final, [p.detach().clone() for p in params], losses)
     with torch.no_grad():
