@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from sbssl.config import load_config
@@ -77,6 +78,18 @@ def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
     # a finished run is not overwritten
     res = run_cli("pretrain", "--data", tiny_set, "--out", out, *TINY)
     assert res.returncode == 2 and "--overwrite" in res.stderr
+    # --resume extends it to a longer schedule from its checkpoint, and refuses a schedule it has already done
+    before = load_file(out / "encoder.safetensors")
+    with pytest.raises(SbsslError, match="larger train.epochs"):
+        pretrain(load_config(None, TINY + ["train.epochs=4"]), tiny_set, out, resume=True)
+    pretrain(load_config(None, TINY + ["train.epochs=5"]), tiny_set, out, resume=True)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records[:4]] == losses and len(records) == 5
+    assert records[4]["step"] == 5 * records[0]["step"] and records[4]["loss"] < 0.9 * losses[0]
+    assert OmegaConf.load(out / "config.yaml").train.epochs == 5
+    assert json.loads((out / "run.json").read_text())["extended"] == [{"from_epoch": 4, "epochs": 5}]
+    after = load_file(out / "encoder.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_set: Path, tmp_path: Path, monkeypatch, caplog):

@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="GMML self-supervised pretraining (stage 1)")
     _common(p)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (automatic if unfinished)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (automatic if unfinished); a finished one is extended to a "
+                        "larger train.epochs")
 
     p = sub.add_parser("finetune", help="slice-based fine-tuning of an ensemble (stage 2)")
     _common(p)

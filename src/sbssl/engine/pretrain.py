@@ -40,8 +40,10 @@ FINISHED = ENCODER
 
 
 def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+    """GMML-pretrain an encoder into `out`. With `resume` and a larger `train.epochs`, a finished run is extended
+    from its last checkpoint (decoder and optimizer state kept; the cosine is re-derived for the new length)."""
     return run_in_folder(cfg.trainer, out, overwrite, resume, FINISHED,
-                         lambda fabric, folder: _pretrain(cfg, fabric, Path(root), folder))
+                         lambda fabric, folder: _pretrain(cfg, fabric, Path(root), folder), extendable=True)
 
 
 @dataclass
@@ -103,6 +105,8 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if start_epoch == 0 and rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict()})
+    if (out / FINISHED).exists():
+        _extend(run, start_epoch)
     # the middle slice of six exams spread over the set: the same images in every grid
     exams = np.linspace(0, cache.n_exams - 1, 6).round().astype(int)
     fixed = torch.from_numpy(cache.data[(cache.offsets[exams] + cache.offsets[exams + 1]) // 2])[:, None]
@@ -143,6 +147,24 @@ def _restore(run: _Run) -> int:
     if run.trainer.fabric.global_rank == 0:
         log.info("resuming %s at epoch %d (step %d)", run.out, state["epoch"] + 1, run.trainer.step)
     return state["epoch"] + 1
+
+
+def _extend(run: _Run, start_epoch: int) -> None:
+    """A finished run resumed with a longer schedule: record the new length; the old encoder stays until the new
+    one replaces it."""
+    cfg, out = run.cfg, run.out
+    if start_epoch >= cfg.train.epochs or run.trainer.finished:
+        raise SbsslError(f"{out}: already pretrained for {start_epoch} epochs; to extend it, resume with a larger "
+                         f"train.epochs")
+    if run.trainer.fabric.global_rank != 0:
+        return
+    log.info("extending %s from %d to %d epochs", out, start_epoch, cfg.train.epochs)
+    record = json.loads((out / RUN).read_text())
+    phases = record.setdefault("extended", [])
+    if {"from_epoch": start_epoch, "epochs": cfg.train.epochs} not in phases:
+        phases.append({"from_epoch": start_epoch, "epochs": cfg.train.epochs})
+    atomic_write_json(out / RUN, record)
+    atomic_write_text(out / CONFIG, to_yaml(cfg))
 
 
 def _pretrain_epoch(run: _Run, epoch: int) -> dict:

@@ -62,13 +62,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def run_in_folder(trainer_cfg, out: Path, overwrite: bool, resume: bool, finished: str,
-                  body: Callable[[Fabric, Path], Path]) -> Path:
+                  body: Callable[[Fabric, Path], Path], extendable: bool = False) -> Path:
     """Launch Fabric, ready the run folder on rank 0 (refuse / resume / overwrite), hold its lock, run body."""
     fabric = make_fabric(trainer_cfg)
     rank0 = fabric.global_rank == 0
     out = Path(out)
     if rank0:
-        prepare_run(out, overwrite, resume, finished)
+        prepare_run(out, overwrite, resume, finished, extendable)
     fabric.barrier()
     try:
         with RunLock(out) if rank0 else nullcontext():

@@ -104,17 +104,20 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
     return stale
 
 
-def prepare_run(out: Path, overwrite: bool, resume: bool, finished_marker: str) -> bool:
-    """Ready a training run folder; returns True when an unfinished run is there to resume.
+def prepare_run(out: Path, overwrite: bool, resume: bool, finished_marker: str, extendable: bool = False) -> bool:
+    """Ready a training run folder; returns True when a run is there to resume.
 
     A finished run is refused without --overwrite; an unfinished one (a checkpoint but no
-    `finished_marker`) is resumed automatically unless --overwrite starts afresh.
+    `finished_marker`) is resumed automatically unless --overwrite starts afresh. With `extendable`,
+    --resume also continues a finished run from its checkpoint (to a longer schedule: MAE's --resume).
     """
     out = Path(out)
     has_ckpt = (out / "checkpoints" / "last.pt").exists() or (out / "checkpoints" / "prev.pt").exists()
     if overwrite and out.exists():
         _empty(out)
         return False
+    if extendable and resume and has_ckpt and (out / finished_marker).exists():
+        return True
     prepare_out(out, False, marker=finished_marker)
     if resume and not has_ckpt:
         logging.getLogger("sbssl").info("%s: no checkpoint to resume; starting afresh", out)
