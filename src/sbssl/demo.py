@@ -1,7 +1,7 @@
 """`sbssl demo`: the whole SB-SSL pipeline on the embedded synthetic set, CPU-sized.
 
 synth -> check -> GMML pretrain (short, to show the stage) -> fine-tune from the shipped GMML encoder
-(`init=builtin:cpu`, the same recipe run for 24 epochs on 1,130 other synthetic knees) and from scratch
+(`init=builtin:cpu`, the same recipe run for 44 epochs on 1,130 other synthetic knees) and from scratch
 (+ the CNN baseline) -> evaluate -> compare -> explain -> report.html. Each step is the library call behind a
 CLI command; `commands.txt` lists those commands so that every number in the report can be reproduced by hand.
 """

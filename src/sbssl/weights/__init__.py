@@ -1,8 +1,9 @@
 """Pretrained GMML encoders shipped with the package (no download, ever).
 
 `cpu`: ViT-T with a convolutional stem and 4 px patches on the 32 px region of interest of sagittal slices
-(recipe `pretrain/cpu`, 24 epochs, masked L1 0.384), pretrained on 1,130 synthetic knees drawn with seed 1 (the
-demo draws seed 0), labels unused. Made by `tools/make_cpu_encoder.sh`; stored in half precision (11 MB).
+(recipe `pretrain/cpu`: 24 epochs, then extended to 44; masked L1 0.354), pretrained on 1,130 synthetic knees
+drawn with seed 1 (the demo draws seed 0), labels unused. Made by `tools/make_cpu_encoder.sh`; stored in half
+precision (11 MB).
 Fine-tuning takes it as `init=builtin:cpu`.
 
     python -m sbssl.weights export RUN/encoder.safetensors   # -> src/sbssl/weights/gmml_cpu.safetensors
