@@ -12,8 +12,10 @@ chooses its epoch on a stratified fifth of that subset and is scored on the whol
 about the same number of optimiser steps (--steps; more epochs for fewer exams), so a small subset is not also
 undertrained. The GMML - scratch difference at each n is averaged over seeds; its interval comes from the same
 paired stratified bootstrap resamples of the valid exams applied to every seed's pair, so it holds the valid-set
-noise, and the spread over seeds is reported beside it. Writes results/label_efficiency.json, a RESULTS.md row
-and docs/label_efficiency.png.
+noise, and the spread over seeds is reported beside it. Random init is run with two models, each GMML arm paired
+with both: `scratch` (finetune/cpu's max pooling) and `scratch-token` (the GMML arms' token scoring, as the demo's
+scratch row), so a difference measures the pretraining, not the aggregator. Writes results/label_efficiency.json,
+a RESULTS.md row and docs/label_efficiency.png.
 """
 
 from __future__ import annotations
@@ -37,15 +39,20 @@ from sbssl.synth import SynthSpec, generate  # noqa: E402
 
 ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML, frozen, token scoring",
         "mil-random": "random, frozen, token scoring", "lpft": "GMML, token read-out fitted, then fine-tuned",
-        "scratch": "random init"}
+        "scratch": "random init, max pooling", "scratch-token": "random init, token scoring"}
 COLOURS = {"gmml": "tab:blue", "probe": "tab:green", "mil": "tab:purple", "mil-random": "tab:grey",
-           "lpft": "tab:red", "scratch": "tab:orange"}
+           "lpft": "tab:red", "scratch": "tab:orange", "scratch-token": "tab:brown"}
+SCRATCH = ("scratch", "scratch-token")  # the baselines every GMML arm is paired with
+
+
+def _demo():
+    return load_config("finetune/demo")
 
 
 def demo_readout() -> list[str]:
     """finetune/demo's read-out: token scoring fitted on the frozen encoder's feature table (its steps, lr and
     prior), so the curve measures the recipe the demo ships."""
-    f = load_config("finetune/demo").finetune
+    f = _demo().finetune
     return ["finetune.aggregator=instance", f"finetune.probe_steps={f.probe_steps}",
             f"finetune.probe_solver={f.probe_solver}", f"finetune.probe_lr={f.probe_lr}",
             f"finetune.probe_l2={f.probe_l2}"]
@@ -53,7 +60,7 @@ def demo_readout() -> list[str]:
 
 def demo_fine_tuning() -> list[str]:
     """finetune/demo's second LP-FT stage: its lr and drop path."""
-    d = load_config("finetune/demo")
+    d = _demo()
     return [f"train.lr={d.train.lr}", f"model.drop_path={d.model.drop_path}"]
 
 
@@ -64,8 +71,10 @@ def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184
 
 
 def arm_overrides(arm: str, encoder: str) -> list[str]:
-    if arm == "scratch":
+    if arm == "scratch":  # finetune/cpu's own model: max over tokens and slices
         return ["init=scratch"]
+    if arm == "scratch-token":  # lpft's model (token scoring) from random init at scratch's lr: the demo's baseline
+        return ["init=scratch", "finetune.aggregator=instance", f"model.drop_path={_demo().model.drop_path}"]
     if arm.startswith("mil"):  # the instance read-out of frozen tokens, fitted on the feature table (LP only)
         return [f"init={encoder if arm == 'mil' else 'scratch'}", "finetune.freeze=true", *demo_readout()]
     if arm == "lpft":  # that read-out first, then everything fine-tuned at finetune/demo's low lr (engine/probe.py)
@@ -130,7 +139,7 @@ def main() -> None:
     ap.add_argument("--encoder", default="builtin:cpu", help="a GMML encoder: builtin:cpu or a pretraining run")
     ap.add_argument("--labels", default="25,50,100,200,0", help="labelled exam counts; 0 = all")
     ap.add_argument("--seeds", default="0,1,2", help="subset (and member) seeds")
-    ap.add_argument("--arms", default="gmml,probe,mil,mil-random,scratch")
+    ap.add_argument("--arms", default="mil,lpft,scratch,scratch-token")
     ap.add_argument("--steps", type=int, default=80, help="optimiser steps per run (epochs follow from n)")
     ap.add_argument("--finetune", default="", help="extra fine-tuning overrides")
     ap.add_argument("--docs", default=str(HERE.parent / "docs" / "label_efficiency.png"))
@@ -161,7 +170,7 @@ def main() -> None:
                 print(f"n={n_used:4d} seed {seed} {arm:8s} epochs {epochs:3d} AUC {m['auc']:.3f} "
                       f"[{m['auc_ci95'][0]:.3f}, {m['auc_ci95'][1]:.3f}]  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
-        pairs = [(x, "scratch") for x in ("gmml", "probe", "mil", "lpft") if x in arms and "scratch" in arms]
+        pairs = [(x, b) for x in ("gmml", "probe", "mil", "lpft") for b in SCRATCH if {x, b} <= set(arms)]
         pairs += [("mil", "mil-random")] if {"mil", "mil-random"} <= set(arms) else []
         for arm, base in pairs:
             d = seed_averaged_difference(runs[arm], runs[base])

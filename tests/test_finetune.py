@@ -15,8 +15,8 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
 from sbssl.data.datasets import resample_index
-from sbssl.engine.finetune import finetune
-from sbssl.engine.sampling import labelled_subset, oversampled_order, stratified_holdout
+from sbssl.engine.finetune import choose_on_heldout, finetune
+from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import apply_encoder_meta, encoder_init
@@ -94,6 +94,35 @@ def test_holdout_is_stratified_and_disjoint():
     fit, held = stratified_holdout(labels, 0.2, seed=0)
     assert not set(fit) & set(held) and len(fit) + len(held) == 40
     assert labels[held].sum() == 2 and (labels[held] == 0).sum() == 6
+
+
+def test_heldout_part_chooses_only_when_it_can_rank():
+    """select=auto: a held-out fifth chooses the epoch only when it holds min_heldout exams of each class."""
+    few, many = np.array([1] * 9 + [0] * 41), np.array([1] * 37 + [0] * 163)  # 50 and 200 labels at 18.4%
+    assert not holdout_can_rank(few, 0.2, 5) and holdout_can_rank(many, 0.2, 5)
+    assert not holdout_can_rank(1 - few, 0.2, 5)  # the minority class counts, whichever it is (abnormal: negatives)
+    assert holdout_can_rank(few, 0.2, 2) and not holdout_can_rank(many, 0.1, 5)
+
+    def chooses(y: np.ndarray, *over: str) -> list[bool]:
+        return [choose_on_heldout(load_config(None, [f"finetune.select={s}", *over]), y)
+                for s in ("auc", "last", "auto")]
+
+    assert chooses(few) == [True, False, False] and chooses(many) == [True, False, True]
+    assert chooses(many, "train.epochs=0", "finetune.probe_steps=5") == [False] * 3  # a read-out alone
+
+
+def test_too_few_labels_to_choose_by_fit_every_exam_and_keep_the_last_epoch(tiny_set: Path, tmp_path: Path):
+    out = tmp_path / "auto"
+    finetune(load_config(None, [*TINY_VIT, *FT, "finetune.ensemble=1", "init=scratch", "finetune.select=auto"]),
+             tiny_set, out)
+    split = json.loads((out / "split.json").read_text())
+    assert split["held_out"] == [] and len(split["fit"]) == 24
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["best_epoch"] for r in log] == [0, 1] and all(math.isnan(r["heldout_auc"]) for r in log)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model-0.safetensors"), "pt") as f:
+        assert f.metadata()["best_epoch"] == "1"
 
 
 def test_labelled_subsets_are_stratified_and_nested():

@@ -217,7 +217,7 @@ def test_lp_ft_fits_the_readout_then_fine_tunes_everything(gmml_roi_run: Path, t
 
     out = tmp_path / "lpft"
     cfg = load_config(None, FT + [f"init={gmml_roi_run}", "finetune.ensemble=1", "finetune.aggregator=instance",
-                                  "finetune.probe_steps=20", "train.epochs=1", "finetune.select=last"])
+                                  "finetune.probe_steps=20", "train.epochs=1"])
     finetune(cfg, tiny_set, out)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [-1, 0] and log[0]["phase"] == "probe"

@@ -104,7 +104,9 @@ class FinetuneConfig:
     oversample: bool = True
     layer_decay: float = 1.0  # 1.0 = off
     batch_exams: int = 8
-    select: str = "auc"  # auc | last: how the epoch is chosen on the held-out part
+    select: str = "auto"  # auc (best held-out AUC) | last (no held-out part: every labelled exam fits, the last
+    # epoch kept) | auto: auc when the held-out part would hold min_heldout exams of each class, else last
+    min_heldout: int = 5
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
     probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off);
     # the solver's iterations (L-BFGS) or steps (AdamW)
@@ -134,7 +136,7 @@ CHOICES = {
     "data.roi": ROI_MODES,
     "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
     "finetune.aggregator": ("concat", "max", "mean", "attention", "instance"),
-    "finetune.select": ("auc", "last"),
+    "finetune.select": ("auc", "last", "auto"),
     "finetune.slice_feature": ("cls", "max", "mean"),
     "model.stem": ("patch", "conv"),
     "train.nonfinite": ("stop", "skip"),
@@ -213,6 +215,7 @@ def validate(cfg: DictConfig) -> None:
         ("finetune.slices", cfg.finetune.slices >= (1 if cfg.finetune.aggregator == "concat" else 0),
          ">= 1 for concat, >= 0 otherwise"),
         ("finetune.val_fraction", 0 < cfg.finetune.val_fraction < 1, "in (0, 1)"),
+        ("finetune.min_heldout", cfg.finetune.min_heldout >= 1, ">= 1"),
         ("finetune.probe_steps", cfg.finetune.probe_steps >= 0, ">= 0"),
         ("finetune.probe_solver", cfg.finetune.probe_solver in ("lbfgs", "adamw"), "lbfgs or adamw"),
         ("finetune.probe_restarts", cfg.finetune.probe_restarts >= 1, ">= 1"),

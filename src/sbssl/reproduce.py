@@ -142,7 +142,8 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None) -> li
     for task in GRID_TASKS:
         runs = []
         for plane in PLANES:
-            where = [f"data.plane={plane}", f"data.task={task}"]
+            # fused on their held-out train exams, so each plane run holds a part out whatever its label count
+            where = [f"data.plane={plane}", f"data.task={task}", "finetune.select=auc"]
             if cpu:
                 runs.append(finetune(f"grid/{task}-{plane}", ft_cfg, [*cnn, *where], "cnn", 1))
             else:

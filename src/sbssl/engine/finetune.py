@@ -3,8 +3,9 @@
 Per member (its own seed): minority oversampling to the majority's count each epoch,
 the pretraining augmentations drawn once per exam (shared by its slices), cross-entropy,
 AdamW with warmup + cosine. The epoch kept is the one with the best AUC on a held-out,
-stratified part of the *train* split; the reported split is never looked at until the
-ensemble is final.
+stratified part of the *train* split, when that part can rank exams (`finetune.select`); with
+fewer labels every labelled exam fits and the last epoch is kept. The reported split is never
+looked at until the ensemble is final.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sbssl.engine.inference import (
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.probe import fit_readout
 from sbssl.engine.runtime import run_in_folder, seed_everything
-from sbssl.engine.sampling import labelled_subset, oversampled_order, stratified_holdout
+from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
@@ -71,9 +72,9 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
     used = labelled_subset(labels, cfg.finetune.labels, cfg.train.seed)
-    if cfg.train.epochs > 0:  # the held-out part chooses the epoch (LP-FT: the read-out is one candidate)
+    if choose_on_heldout(cfg, labels[used]):  # the held-out part chooses the epoch (LP-FT: the read-out is one)
         fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
-    else:  # a read-out alone is not chosen among anything: every labelled exam fits it (9 positives in 50, not 7)
+    else:  # nothing to choose, or too few exams to choose by: every labelled exam fits (9 positives in 50, not 7)
         fit, held = used, used[:0]
     if rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
@@ -99,9 +100,19 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     return out
 
 
+def choose_on_heldout(cfg: DictConfig, y: np.ndarray) -> bool:
+    """`finetune.select`: auc always holds a part out, last never, auto when that part can rank its exams. A read-out
+    alone (train.epochs=0) is one candidate, not chosen among anything."""
+    f = cfg.finetune
+    if cfg.train.epochs == 0 or f.select == "last":
+        return False
+    return f.select == "auc" or holdout_can_rank(y, f.val_fraction, f.min_heldout)
+
+
 def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.ndarray, fit: np.ndarray,
                  held: np.ndarray, seed: int, init, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Train one ensemble member; returns the weights of its best held-out epoch."""
+    """Train one ensemble member; returns the weights of its best held-out epoch (without a held-out part, its
+    last)."""
     rank, world = fabric.global_rank, fabric.world_size
     seed_everything(seed + rank, cfg.train.deterministic)
     torch.manual_seed(seed)
@@ -173,8 +184,8 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
                               f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
         model_f.eval()
         auc = heldout_auc(labels[held], heldout_probs(model_f, model, cache, held, pre, cfg.finetune.batch_exams,
-                                                      fabric.device, table))
-        if cfg.finetune.select == "last" or not np.isfinite(auc) or auc > best["auc"]:
+                                                      fabric.device, table)) if len(held) else float("nan")
+        if not np.isfinite(auc) or auc > best["auc"]:  # no held-out part (or one class in it): the last epoch
             best = candidate(model, auc, epoch)
         if rank == 0:
             rec = {"member": seed, **rec, "heldout_auc": auc, "best_epoch": best["epoch"]}

@@ -23,6 +23,14 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
 
 
+def holdout_can_rank(labels: np.ndarray, fraction: float, min_per_class: int) -> bool:
+    """Whether a stratified held-out `fraction` of these labels holds `min_per_class` exams of each class. Below
+    that its AUC moves in steps of 1/(positives x negatives) and choosing an epoch on it is a coin toss (at 25
+    labels it holds 1 positive: AUC 0, 0.25, ..., 1), while it costs a fifth of the few labels there are."""
+    counts = np.bincount(labels.astype(int), minlength=2)
+    return bool(round(fraction * counts.min()) >= min_per_class)
+
+
 def labelled_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """n exam indices keeping the class balance (>= 2 per class); nested: the subset for n is inside the one for
     any larger n with the same seed, so a label-efficiency curve adds exams rather than redrawing them."""

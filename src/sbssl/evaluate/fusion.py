@@ -62,8 +62,9 @@ def check_runs(runs: list[Path]) -> tuple[list, str, list[str]]:
             raise SbsslError(f"fuse: {r} held out other train exams than {runs[0]}; train the plane runs with "
                              "the same train.seed, finetune.labels and finetune.val_fraction")
     if not held[0]:
-        raise SbsslError(f"fuse: {runs[0]} held out no train exams (a read-out alone, train.epochs=0, fits on all "
-                         "of them); train the plane runs with train.epochs >= 1 to fuse them")
+        raise SbsslError(f"fuse: {runs[0]} held out no train exams (a read-out alone, train.epochs=0, or "
+                         "finetune.select=last, or too few labels for auto, fits on all of them); train the plane "
+                         "runs with train.epochs >= 1 and finetune.select=auc to fuse them")
     if len(set(held[0])) < 4:
         raise SbsslError(f"fuse: {runs[0]} held out {len(held[0])} train exams; too few to fit the fusion")
     return cfgs, tasks.pop(), held[0]
