@@ -183,8 +183,8 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
                               lambda b: len(b["exams"]), epoch,
                               f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
         model_f.eval()
-        auc = heldout_auc(labels[held], heldout_probs(model_f, model, cache, held, pre, cfg.finetune.batch_exams,
-                                                      fabric.device, table)) if len(held) else float("nan")
+        auc = score_heldout(model_f, model, cache, labels, held, pre, cfg.finetune.batch_exams, fabric.device,
+                            table)
         if not np.isfinite(auc) or auc > best["auc"]:  # no held-out part (or one class in it): the last epoch
             best = candidate(model, auc, epoch)
         if rank == 0:
@@ -224,8 +224,7 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
                          cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample, cfg.finetune.probe_l2,
                          cfg.finetune.probe_solver, cfg.finetune.probe_restarts)
     model.eval()
-    auc = heldout_auc(labels[held], heldout_probs(model, model, cache, held, pre, cfg.finetune.batch_exams, device,
-                                                  features)) if len(held) else float("nan")
+    auc = score_heldout(model, model, cache, labels, held, pre, cfg.finetune.batch_exams, device, features)
     log.info("member %d: read-out fitted on frozen features (%s, %d %s, loss %.4f -> %.4f), held-out AUC %.3f",
              seed, cfg.finetune.probe_solver, len(losses),
              "evaluations" if cfg.finetune.probe_solver == "lbfgs" else "steps", losses[0], losses[-1], auc)
@@ -234,6 +233,14 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
             f.write(json.dumps({"member": seed, "epoch": -1, "phase": "probe", "step": 0, "loss": losses[-1],
                                 "heldout_auc": auc, "best_epoch": -1}) + "\n")
     return candidate(model, auc, -1)
+
+
+def score_heldout(model_f, model, cache, labels: np.ndarray, held: np.ndarray, pre: Preprocessing,
+                  batch_exams: int, device, table) -> float:
+    """The held-out AUC of the current weights; NaN without a held-out part (nothing to choose by)."""
+    if not len(held):
+        return float("nan")
+    return heldout_auc(labels[held], heldout_probs(model_f, model, cache, held, pre, batch_exams, device, table))
 
 
 def heldout_auc(y: np.ndarray, p: np.ndarray) -> float:
