@@ -28,7 +28,7 @@ class DataConfig:
     img_size: int = 256
     crop: float = 1.0  # region of interest: central fraction of each in-plane side kept (1 = the full field)
     slab: float = 1.0  # region of interest: central fraction of the stack kept (1 = every slice)
-    roi: str = "center"  # center (crop + slab) | box: each exam's ROI box from its split's roi.csv (KneeMRI)
+    roi: str = "center"  # center (crop + slab) | knee: crop + slab about the knee (data/localise.py) | box: roi.csv
     cache_dir: str = ""  # default: ROOT/.sbssl-cache, else ~/.cache/sbssl
     workers: int = 0  # DataLoader worker processes (the cache makes 0 fast enough on CPU)
     mean: float = -1.0  # dataset statistics of [0,1]-scaled slices; -1 = from the train split

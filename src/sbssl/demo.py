@@ -30,6 +30,11 @@ class DemoSize:
 
 
 FULL = DemoSize(200, 120, 64, [], [], cnn=True)
+# The demo's fine-tuning arms (overrides of finetune/demo): the shipped recipes, which benchmarks/transfer.py
+# runs unchanged on other families. Random init has no features worth probing and needs a larger lr (finetune/cpu's).
+SCRATCH = ["init=scratch", "finetune.ensemble=1", "finetune.probe_steps=0"]
+ARMS = {"gmml": ["init=builtin:cpu"], "scratch": [*SCRATCH, "train.lr=1.6e-2"],
+        "cnn": [*SCRATCH, "model.name=mrnet_cnn", "train.lr=3.2e-2"]}
 QUICK = DemoSize(40, 32, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1"],
                  ["finetune.ensemble=1", "train.epochs=1", "train.warmup_epochs=0", "finetune.probe_steps=100"],
                  cnn=False)  # a smoke run
@@ -70,11 +75,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str]
     step("pretrain", f"sbssl pretrain --config pretrain/demo --data {data} --out {pre} {' '.join(pre_args)}")
     if not (pre / ENCODER).exists():
         pretrain(load_config("pretrain/demo", pre_args), data, pre)
-    # Random init has no features worth probing and needs a larger lr (finetune/cpu's): same model otherwise.
-    scratch = ["init=scratch", "finetune.ensemble=1", "finetune.probe_steps=0"]
-    runs = {"gmml": ["init=builtin:cpu"], "scratch": [*scratch, "train.lr=1.6e-2"]}
-    if size.cnn:
-        runs["cnn"] = [*scratch, "model.name=mrnet_cnn", "train.lr=3.2e-2"]
+    runs = {k: v for k, v in ARMS.items() if size.cnn or k != "cnn"}
     for name, runs_extra in runs.items():
         run = out / f"finetune-{name}"
         args = [*size.finetune, *runs_extra, *extra]

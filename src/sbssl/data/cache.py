@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from sbssl.data.layout import ROI_FILE, ExamRecord, list_exams
+from sbssl.data.localise import knee_region
 from sbssl.data.volume_io import load_npy, load_volume
 from sbssl.errors import DataError
 from sbssl.utils.io import atomic_write, atomic_write_json
@@ -30,15 +31,19 @@ CACHE_VERSION = 2
 Box = tuple[int, int, int, int, int, int]  # x, y, z, height, width, depth
 
 
-def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0, box: Box | None = None) -> np.ndarray:
+def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0, box: Box | None = None,
+        knee: bool = False) -> np.ndarray:
     """The region of interest: the central `slab` fraction of the stack and the central `crop` fraction of
     each side of the field. Knee pipelines centre-crop (MRNet solutions) because the cruciates and menisci sit
     in the middle of a knee series, while its edges hold look-alikes (vessels, recesses, effusion).
+    With `knee` (data.roi=knee) the region follows the knee instead of the field's centre (data/localise.py).
     With an annotated `box` (KneeMRI's ROI around the cruciate), the region is the box's slices and the
     smallest square holding the box in-plane (square, so resizing keeps the aspect; shifted inside the field
     where the box lies at its edge); crop and slab then do not apply."""
     if box is not None:
         return box_roi(vol, box)
+    if knee:
+        return vol[knee_region(vol, crop, slab)]
     n, h, w = vol.shape
     if slab < 1.0:
         lo, hi = (1 - slab) / 2 * (n - 1), (1 + slab) / 2 * (n - 1)
@@ -83,9 +88,9 @@ def resize_slices(vol01: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_volume(vol: np.ndarray, size: int, crop: float = 1.0, slab: float = 1.0,
-                   box: Box | None = None) -> np.ndarray:
+                   box: Box | None = None, knee: bool = False) -> np.ndarray:
     """The exact preprocessing of training, for any volume (used by predict too)."""
-    x = resize_slices(robust_minmax(roi(vol, crop, slab, box)), size)
+    x = resize_slices(robust_minmax(roi(vol, crop, slab, box, knee)), size)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -107,8 +112,8 @@ class SliceCache:
         return self.data[self.offsets[e]: self.offsets[e + 1]]
 
 
-def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float, boxes: bool) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop}|{slab}".encode())
+def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float, boxes: bool, knee: bool) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop}|{slab}{'|knee' if knee else ''}".encode())
     for r in records:
         st = r.path.stat()
         h.update(f"{r.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -129,8 +134,11 @@ def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbssl"
 
 
-def _n_slices(path: Path, slab: float, box: Box | None = None) -> int:
+def _n_slices(path: Path, slab: float, box: Box | None = None, knee: bool = False) -> int:
     vol = load_npy(path, mmap=True) if path.suffix.lower() == ".npy" else load_volume(path)
+    if knee and box is None:  # where the knee lies: the series is read
+        s = knee_region(vol, 1.0, slab)[0]
+        return s.stop - s.start
     return int(roi(vol, 1.0, slab, box).shape[0])  # a view: nothing of a memory-mapped volume is read
 
 
@@ -145,11 +153,11 @@ def exam_box(record: ExamRecord, boxes: bool) -> Box | None:
 
 
 def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str, crop: float = 1.0,
-                slab: float = 1.0, boxes: bool = False) -> SliceCache:
+                slab: float = 1.0, boxes: bool = False, knee: bool = False) -> SliceCache:
     """Load the cache for these exams, building it (atomically) when missing or stale; `boxes`: each exam's
-    region of interest is its ROI box."""
+    region of interest is its ROI box; `knee`: it follows the knee (data/localise.py)."""
     cache_dir = Path(cache_dir)
-    key = _fingerprint(records, size, crop, slab, boxes)
+    key = _fingerprint(records, size, crop, slab, boxes, knee)
     data_path, meta_path = cache_dir / f"{name}-{size}-{key}.npy", cache_dir / f"{name}-{size}-{key}.json"
     if data_path.exists() and meta_path.exists():
         try:
@@ -158,7 +166,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
                               meta["cases"], meta["mean"], meta["std"])
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
-    counts = [_n_slices(r.path, slab, exam_box(r, boxes)) for r in records]
+    counts = [_n_slices(r.path, slab, exam_box(r, boxes), knee) for r in records]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     value_sum, square_sum, count = 0.0, 0.0, 0
 
@@ -166,7 +174,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
         nonlocal value_sum, square_sum, count
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), size, size))
         for e, r in enumerate(records):
-            x = prepare_volume(load_volume(r.path), size, crop, slab, exam_box(r, boxes))
+            x = prepare_volume(load_volume(r.path), size, crop, slab, exam_box(r, boxes), knee)
             out[offsets[e]: offsets[e + 1]] = x
             sub = x[:, ::4, ::4].astype(np.float64) / 255.0
             value_sum, square_sum, count = value_sum + sub.sum(), square_sum + (sub * sub).sum(), count + sub.size
@@ -195,7 +203,7 @@ def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labell
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
     name = f"{split}-{cfg.data.plane}"
     d = cfg.data
-    args = (records, d.img_size, cache_dir, name, d.crop, d.slab, d.roi == "box")
+    args = (records, d.img_size, cache_dir, name, d.crop, d.slab, d.roi == "box", d.roi == "knee")
     if fabric is not None and fabric.world_size > 1:
         if fabric.global_rank == 0:
             build_cache(*args)

@@ -11,6 +11,7 @@ Generic:     ROOT[/SPLIT]/<case>.npy | <case>.nii[.gz] | <case>/ (DICOM series)
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,9 @@ PLANES = ("sagittal", "coronal", "axial")  # MRNet's three series per exam
 ALL_PLANES = "all"  # data.plane for pretraining on the slices of every plane
 TASKS = ("abnormal", "acl", "meniscus")  # MRNet's three labels, in its order
 SPLITS = ("train", "valid")
-ROI_MODES = ("center", "box")  # data.roi: the central region (crop, slab), or each exam's ROI box (roi.csv)
+# data.roi: the central region (crop, slab); the same region about the knee (data/localise.py); each exam's ROI
+# box (roi.csv)
+ROI_MODES = ("center", "knee", "box")
 log = logging.getLogger("sbssl")
 
 
@@ -78,6 +81,20 @@ def read_labels(path: Path, header: bool | None = None) -> dict[str, tuple[str, 
 
 
 ROI_FILE = "roi.csv"
+FINDINGS_DIR = "findings"  # beside train/ and valid/: a synthetic set's ground truth and synth.json; never read
+SYNTH_RECORD = "synth.json"  # as labels or volumes
+
+
+def synth_family(root: Path) -> str | None:
+    """The family a synthetic set was drawn from (`sbssl synth --family`), None for any other dataset; sets
+    written before families existed are the demo's."""
+    d = Path(root) / FINDINGS_DIR
+    if (d / SYNTH_RECORD).is_file():
+        try:
+            return str(json.loads((d / SYNTH_RECORD).read_text())["spec"]["family"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return "demo" if (d / "train.csv").is_file() else None
 ROI_HEADER = ("case", "x", "y", "z", "height", "width", "depth")
 
 

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
 from sbssl.data.datasets import ExamDataset, gather_index, loader
-from sbssl.data.layout import ALL_PLANES
+from sbssl.data.layout import ALL_PLANES, synth_family
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import (
@@ -65,6 +65,10 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     init = encoder_init(str(cfg.init))
     if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
         apply_encoder_meta(cfg, init[1])
+        if rank0 and str(cfg.init).startswith("builtin:") and synth_family(root) != "demo":
+            log.warning("%s: the shipped encoder was pretrained on the demo's synthetic knees and barely transfers "
+                        "to data of another kind (benchmarks/transfer.py); pretrain on this folder's own slices "
+                        "first: sbssl pretrain --config pretrain/cpu --data %s --out DIR, then init=DIR", root, root)
     cache, records = slice_cache_for(cfg, root, "train", fabric)
     pre = (replace(Preprocessing.from_meta(init[1]), roi=str(cfg.data.roi)) if init is not None
            else Preprocessing.from_config(cfg, cache.mean, cache.std))

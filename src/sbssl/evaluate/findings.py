@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-FINDINGS_DIR = "findings"
+from sbssl.data.layout import FINDINGS_DIR
+
 TEAR_TYPES = ("partial", "complete", "chronic")
 
 

@@ -13,6 +13,7 @@ SIGNAL = {
     "pd": np.array([0, .45, .86, .36, .70, .56, .04, .80, .07, .42, .55, .62], np.float32),
     "t2fs": np.array([0, .30, .14, .25, .96, .44, .03, .16, .06, .55, .70, .88], np.float32),
     "t1": np.array([0, .50, .95, .38, .14, .42, .04, .88, .09, .26, .35, .22], np.float32),
+    "pdfs": np.array([0, .34, .12, .30, .84, .56, .03, .14, .07, .50, .72, .76], np.float32),
 }
 TEXTURE = np.array([0, .05, .06, .10, .03, .04, .0, .14, .05, .08, .08, .1], np.float32)
 assert all(len(v) == N_TISSUES for v in SIGNAL.values()) and len(TEXTURE) == N_TISSUES
@@ -76,6 +77,17 @@ def _noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return _bank[o: o + n].reshape(shape)
 
 
+def rician(s: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """The magnitude image |s + n1 + i n2| of a real signal s with complex Gaussian noise of std sigma."""
+    n1, n2 = _noise(s.shape, rng), _noise(s.shape, rng)
+    mag = n1 * sigma
+    mag += s
+    np.square(mag, out=mag)
+    n2 = n2 * sigma
+    mag += np.square(n2, out=n2)
+    return np.sqrt(mag, out=mag)
+
+
 def render_signal(labels: np.ndarray, plane: str, rng: np.random.Generator, noise: float,
                   blur_px: float, ss: int = 1) -> np.ndarray:
     """Tissue labels (painted with ss x ss sub-pixels per pixel) -> uint8 magnitude image as the scanner would
@@ -91,13 +103,7 @@ def render_signal(labels: np.ndarray, plane: str, rng: np.random.Generator, nois
     if blur_px > 0:
         s = ndimage.gaussian_filter(s, (0, blur_px, blur_px), truncate=2.0)
     s *= bias_field(s.shape, rng, rng.uniform(0.1, 0.35))
-    n1, n2 = _noise(s.shape, rng), _noise(s.shape, rng)
-    mag = n1 * noise  # Rician magnitude: |s + n1 + i n2|
-    mag += s
-    np.square(mag, out=mag)
-    n2 = n2 * noise
-    mag += np.square(n2, out=n2)
-    np.sqrt(mag, out=mag)
+    mag = rician(s, noise, rng)
     top = np.percentile(mag[:, ::4, ::4], 99.7) * rng.uniform(0.95, 1.1)
     mag *= 255.0 / max(top, 1e-6)
     return np.clip(mag, 0, 255, out=mag).astype(np.uint8)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sbssl.data.layout import PLANES, TASKS
-from sbssl.evaluate.findings import FINDINGS_DIR  # beside train/ and valid/; layout readers never look in it
+from sbssl.data.layout import FINDINGS_DIR, PLANES, SYNTH_RECORD, TASKS
 from sbssl.synth.exam import Labels, findings_row, render_exam
-from sbssl.utils.io import atomic_write_text, save_npy_atomic
+from sbssl.synth.family import family
+from sbssl.utils.io import atomic_write_json, atomic_write_text, save_npy_atomic
 from sbssl.utils.progress import progress
 
 # MRNet-v1.0 prevalences: train 913 / 208 / 397 of 1130, valid 95 / 54 / 52 of 120.
@@ -30,6 +30,7 @@ class SynthSpec:
     difficulty: float = 0.5
     prevalence: float = 0.0  # share of ACL tears in the train split; 0 = MRNet's (valid always keeps MRNet's)
     workers: int = max(os.cpu_count() or 1, 1)
+    family: str = "demo"  # synth/family.py: FAMILIES
 
     def cases(self) -> list[tuple[str, int]]:
         return [("train", i) for i in range(self.train)] + \
@@ -64,10 +65,14 @@ def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) ->
 
 def _write_exam(args: tuple) -> dict[str, object]:
     out, split, case, labels, spec = args
-    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty)
+    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(spec.family))
     for plane, vol in exam.volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
-    return findings_row(case, exam.knee.findings)
+    row = findings_row(case, exam.knee.findings)
+    if exam.acquisitions:  # what the family drew for the sagittal series (the plane the tasks read first)
+        row.update({f"sag_{k}": (round(v, 4) if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
+                    for k, v in asdict(exam.acquisitions["sagittal"]).items()})
+    return row
 
 
 def _init_worker() -> None:
@@ -100,6 +105,10 @@ def generate(out: Path, spec: SynthSpec) -> None:
                     rows.append(row)
                     bar.advance()
     write_findings(out / FINDINGS_DIR, rows, spec.train)
+    fam = family(spec.family)
+    atomic_write_json(out / FINDINGS_DIR / SYNTH_RECORD,
+                      {"spec": {k: v for k, v in asdict(spec).items() if k != "workers"},
+                       "family": fam.describe() if fam else "demo (synth/exam.py)"})
     for split, first in (("train", 0), ("valid", spec.train)):
         for task in TASKS:
             rows = "".join(f"{first + i:04d},{getattr(lab, task)}\n" for i, lab in enumerate(labels[split]))

@@ -9,7 +9,8 @@ import numpy as np
 from sbssl.data.layout import PLANES
 from sbssl.synth.anatomy import Findings, Knee, paint_knee, sample_knee
 from sbssl.synth.appearance import render_signal
-from sbssl.synth.geometry import Canvas, SliceGrid
+from sbssl.synth.family import Acquisition, Family, render_series
+from sbssl.synth.geometry import Canvas, SliceGrid, fine_grid, supersampling
 
 # MRNet's slice-count ranges per plane and split (valid sagittal is narrower).
 SLICE_RANGES = {
@@ -52,24 +53,6 @@ def plane_grid(plane: str, n_slices: int, size: int, knee: Knee, rng: np.random.
     axes = np.stack([normal * spacing, row * px, col * px], 1) / knee.scale
     origin = centre / knee.scale - axes @ (np.array([n_slices, size, size]) - 1) / 2
     return SliceGrid(origin=origin, axes=axes, shape=(n_slices, size, size))
-
-
-def supersampling(size: int) -> int:
-    """Sub-pixels per side: point-sampling tissue labels below 256 px aliases sub-millimetre structures (the
-    ACL's lining, cortices) into speckle, so small series are painted at >= 128 px and area-averaged. A scanner
-    integrates signal over each voxel in the same way."""
-    return 1 if size >= 256 else max(2, -(-128 // size)) if size < 128 else 2
-
-
-def fine_grid(grid: SliceGrid, ss: int) -> SliceGrid:
-    """The same series with each in-plane pixel split into ss x ss sub-pixels (their mean is the pixel)."""
-    if ss == 1:
-        return grid
-    axes = grid.axes.copy()
-    axes[:, 1:] /= ss
-    origin = grid.origin - (ss - 1) / 2 * (axes[:, 1] + axes[:, 2])
-    n, h, w = grid.shape
-    return SliceGrid(origin=origin, axes=axes, shape=(n, h * ss, w * ss))
 
 
 def render_plane(knee: Knee, plane: str, grid: SliceGrid, rng: np.random.Generator,
@@ -155,9 +138,10 @@ def _other_abnormality(rng: np.random.Generator, f: Findings) -> None:
 
 @dataclass
 class Exam:
-    volumes: dict[str, np.ndarray]  # plane -> uint8 (slices, size, size)
+    volumes: dict[str, np.ndarray]  # plane -> (slices, size, size), uint8 (uint16 for a 12-bit family)
     knee: Knee
     grids: dict[str, SliceGrid]
+    acquisitions: dict[str, Acquisition] | None = None  # a family's drawn knobs per plane
 
 
 def findings_row(case: int, f: Findings) -> dict[str, object]:
@@ -171,11 +155,17 @@ def findings_row(case: int, f: Findings) -> dict[str, object]:
 
 
 def render_exam(seed: int, case: int, split: str, labels: Labels, size: int = 256,
-                difficulty: float = 0.5) -> Exam:
-    """All three planes of one exam; the bytes depend only on (seed, case, size, difficulty)."""
+                difficulty: float = 0.5, family: Family | None = None) -> Exam:
+    """All three planes of one exam; the bytes depend only on (seed, case, size, difficulty, family). With a
+    family the knee and its findings are drawn as without one; the acquisition is the family's."""
     rng = np.random.default_rng([seed, case])
     findings = sample_findings(rng, labels, difficulty)
     knee = sample_knee(rng, findings)
+    if family is not None:
+        series = {p: render_series(knee, p, family, size, r)
+                  for p, r in zip(PLANES, rng.spawn(len(PLANES)), strict=True)}
+        return Exam({p: s[0] for p, s in series.items()}, knee, {p: s[1] for p, s in series.items()},
+                    {p: s[2] for p, s in series.items()})
     counts = {p: slice_count(rng, split, p) for p in PLANES}
     volumes, grids = {}, {}
     for plane, r in zip(PLANES, rng.spawn(len(PLANES)), strict=True):

@@ -222,3 +222,21 @@ class Canvas:
             if extra is not None:
                 m &= extra
             view[m] = label
+
+
+def supersampling(size: int) -> int:
+    """Sub-pixels per side: point-sampling tissue labels below 256 px aliases sub-millimetre structures (the
+    ACL's lining, cortices) into speckle, so small series are painted at >= 128 px and area-averaged. A scanner
+    integrates signal over each voxel in the same way."""
+    return 1 if size >= 256 else max(2, -(-128 // size)) if size < 128 else 2
+
+
+def fine_grid(grid: SliceGrid, ss: int) -> SliceGrid:
+    """The same series with each in-plane pixel split into ss x ss sub-pixels (their mean is the pixel)."""
+    if ss == 1:
+        return grid
+    axes = grid.axes.copy()
+    axes[:, 1:] /= ss
+    origin = grid.origin - (ss - 1) / 2 * (axes[:, 1] + axes[:, 2])
+    n, h, w = grid.shape
+    return SliceGrid(origin=origin, axes=axes, shape=(n, h * ss, w * ss))

@@ -1,0 +1,110 @@
+"""Transfer: the shipped recipes, unchanged, on knee data they were not chosen on.
+
+For each target (a synthetic family generated here, or any dataset root), the demo's arms run exactly as a user
+with a new folder runs them (`sbssl finetune --config finetune/demo --data TARGET ...` with the demo's
+overrides, demo.ARMS): GMML from the shipped encoder, the same ViT from random init, the MRNet-style CNN from
+random init; plus `own`: `sbssl pretrain --config pretrain/cpu` on the target's own train slices (the paper's
+setting), then the demo's GMML recipe from that encoder. Each arm is scored once on the target's valid split;
+paired differences (stratified bootstrap on the same exams) against random init and against the CNN.
+
+    python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own]
+                                  [--train 400 --valid 120 --size 256] [--pretrain train.epochs=24]
+                                  [--set data.roi=knee]
+
+Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
+`--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
+Writes results/NAME.json and a RESULTS.md row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import record  # noqa: E402
+
+from sbssl.config import load_config  # noqa: E402
+from sbssl.demo import ARMS  # noqa: E402
+from sbssl.engine.finetune import finetune  # noqa: E402
+from sbssl.engine.pretrain import pretrain  # noqa: E402
+from sbssl.evaluate.report_files import compare_runs, load_metrics  # noqa: E402
+from sbssl.synth import SynthSpec, generate  # noqa: E402
+from sbssl.utils.rundir import ENCODER, METRICS  # noqa: E402
+
+PAIRS = (("gmml", "scratch"), ("own", "scratch"), ("gmml", "cnn"), ("own", "cnn"), ("own", "gmml"))
+
+
+def target_root(work: Path, family: str, a: argparse.Namespace) -> Path:
+    """A synthetic family's set under WORK (generated once; seed 5: no recipe was chosen on it)."""
+    root = work / f"data-{family}-{a.size}" / "MRNet-v1.0"
+    if not (root / "valid-acl.csv").exists():
+        generate(root, SynthSpec(a.train, a.valid, a.size, a.seed, family=family))
+    return root
+
+
+def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_args: list[str]) -> dict[str, Path]:
+    """Each arm's run folder (finished runs are kept: the benchmark resumes)."""
+    runs = {}
+    for arm in arms:
+        extra = list(ARMS.get(arm, ARMS["gmml"]))
+        if arm == "own":
+            pre = work / "pretrain-own"
+            if not (pre / ENCODER).exists():
+                t = time.perf_counter()
+                pretrain(load_config("pretrain/cpu", [*common, *pre_args]), root, pre)
+                print(f"own pretraining: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
+            extra = [f"init={pre / ENCODER}"]
+        run = work / f"finetune-{arm}"
+        if not (run / METRICS).exists():
+            t = time.perf_counter()
+            finetune(load_config("finetune/demo", [*extra, *common]), root, run)
+            print(f"{arm}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
+        runs[arm] = run
+    return runs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--families", default="shifted", help="synthetic families to generate and test on")
+    ap.add_argument("--data", nargs="*", default=[], help="dataset roots to test on as well (MRNet layout)")
+    ap.add_argument("--arms", default="gmml,scratch,cnn,own")
+    ap.add_argument("--train", type=int, default=400)
+    ap.add_argument("--valid", type=int, default=120)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every arm")
+    ap.add_argument("--pretrain", nargs="*", default=[], help="overrides for the own pretraining")
+    ap.add_argument("--name", default="transfer")
+    ap.add_argument("--out-json", help="write the result here instead of results/NAME.json and RESULTS.md")
+    a = ap.parse_args()
+    work, arms = Path(a.work), a.arms.split(",")
+    targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
+    result, summary = {}, []
+    for name, root in targets.items():
+        w = work / name
+        root = root or target_root(work, name, a)
+        runs = run_arms(root, w, arms, a.set, a.pretrain)
+        row = {arm: {k: load_metrics(run)[k] for k in ("auc", "auc_ci95")} for arm, run in runs.items()}
+        for x, y in PAIRS:
+            if x in runs and y in runs:
+                d = compare_runs(runs[x], runs[y], w / f"compare-{x}-{y}")
+                row[f"{x}-{y}"] = {"diff": d["difference"], "ci95": d["ci95"]}
+        result[name] = row
+        cells = [f"{k} {v['auc']:.3f} [{v['auc_ci95'][0]:.3f}, {v['auc_ci95'][1]:.3f}]" if "auc" in v else
+                 f"{k} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in row.items()]
+        summary.append(f"{name}: " + "; ".join(cells))
+        print(summary[-1], flush=True)
+    res = {"targets": result, "set": a.set, "pretrain": a.pretrain}
+    if a.out_json:
+        Path(a.out_json).write_text(json.dumps(res, indent=2) + "\n")
+    else:
+        record(a.name, res, "python benchmarks/transfer.py " + " ".join(sys.argv[1:]), " | ".join(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Randomised synthetic families: the same knees, acquired the many ways scanners and sites acquire them.
+
+A model that is to work on a hospital's knees must not depend on what differs between scanners: the sequence's
+contrast, field of view and knee size, position and tilt in the field, slice count and spacing, matrix, coil
+shading, noise, motion, how intensities are stored, which knee and in which slice order. SynthSeg (Billot et al.
+2023) trains brain-MRI models that work on every scanner by drawing each of these per image from a wide range;
+a family here is such a set of ranges, drawn per exam. The anatomy and findings (and so the labels) are the
+demo's (`anatomy.py`, `exam.sample_findings`); only the acquisition changes.
+
+`FAMILIES` names the families. `demo` is the generator the demo, the shipped encoder and earlier recipes were
+made on (its bytes are unchanged: `exam.render_exam` without a family). Choices are made on selection families
+(`clinic`, `mixed`); `shifted` is held out, fixed before any result was seen, with knobs partly outside the
+selection ranges (more off-centre and rotated, smaller and larger knees, lower SNR, finer matrices, 12-bit).
+
+TorchIO does the artefacts it already models (k-space motion, ghosting, polynomial bias field, gamma); the
+Rician noise stays ours (TorchIO's noise is additive Gaussian, MR magnitude noise is Rician).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sbssl.synth.anatomy import N_TISSUES, Knee, paint_knee
+from sbssl.synth.appearance import SIGNAL, TEXTURE, rician, smooth_field
+from sbssl.synth.geometry import Canvas, SliceGrid, fine_grid, supersampling
+
+Range = tuple[float, float]
+STORAGE = {"uint8": (np.uint8, 255), "uint12": (np.uint16, 4095)}  # MRNet: 8-bit; KneeMRI: 12-bit in 16
+
+
+@dataclass(frozen=True)
+class Family:
+    """Per-exam ranges of every acquisition knob; each exam draws one value of each (uniformly)."""
+
+    name: str
+    sequences: tuple[str, ...]  # contrasts drawn per series (appearance.SIGNAL keys)
+    tissue_jitter: float  # each tissue's signal scaled by U(1 - j, 1 + j): contrast between tissues moves
+    log_gamma: Range  # intensity non-linearity x ** exp(U(lo, hi)) on the stored scale
+    fill: Range  # the limb's diameter as a fraction of the field of view (knee size in the image)
+    offset: float  # knee centre off the field centre, up to this fraction of the field, per in-plane axis
+    rotation: float  # in-plane tilt, up to +- degrees
+    slices: tuple[int, int]  # slice count per series
+    spacing: Range  # slice spacing in mm (slice thickness = spacing: contiguous slices)
+    matrix: tuple[int, int]  # native in-plane matrix at 256 px storage (scaled with --size); resampled to it
+    bias: Range  # polynomial (order 3) bias-field coefficient magnitude
+    snr: Range  # mean foreground signal / noise sigma
+    motion: float  # probability of rigid motion during the acquisition (k-space mixing)
+    ghosting: float  # probability of ghosts along the phase-encoding axis
+    storage: tuple[str, ...]  # STORAGE keys, drawn per exam
+    reverse: float  # probability that the slices are stored in the opposite order
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+FAMILIES: dict[str, Family | None] = {
+    "demo": None,  # exam.render_exam's own acquisition (MRNet-like T2 fat-sat sagittal, centred, 8-bit)
+    "clinic": Family("clinic", ("pd", "pdfs"), 0.10, (-0.15, 0.15), (0.55, 0.85), 0.10, 8.0, (20, 40),
+                     (3.0, 4.0), (256, 320), (0.1, 0.3), (12.0, 30.0), 0.15, 0.15, ("uint8",), 0.5),
+    "mixed": Family("mixed", ("pd", "pdfs", "t2fs", "t1"), 0.15, (-0.3, 0.3), (0.45, 0.85), 0.15, 12.0, (18, 50),
+                    (2.5, 4.5), (192, 320), (0.1, 0.5), (8.0, 30.0), 0.25, 0.25, ("uint8", "uint12"), 0.5),
+    # held out: outside the selection ranges in offset, rotation, knee size, SNR, matrix; 12-bit only
+    "shifted": Family("shifted", ("pdfs", "t2fs"), 0.15, (-0.4, 0.4), (0.40, 0.90), 0.20, 15.0, (18, 50),
+                      (2.5, 4.5), (288, 384), (0.2, 0.6), (6.0, 20.0), 0.3, 0.3, ("uint12",), 0.5),
+}
+SELECTION_FAMILIES = ("clinic", "mixed")
+HELD_OUT_FAMILIES = ("shifted",)
+
+
+def family(name: str) -> Family | None:
+    """The named family (None: the demo's generator); one clear line for an unknown name."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown synthetic family {name!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One series' drawn knobs (what the findings CSV records beside the ground truth)."""
+
+    sequence: str
+    gamma: float
+    fill: float
+    offset_rows: float
+    offset_cols: float
+    rotation: float
+    slices: int
+    spacing: float
+    matrix: int
+    snr: float
+    motion: bool
+    ghosting: bool
+    storage: str
+    reversed: bool
+
+
+def draw_acquisition(fam: Family, rng: np.random.Generator, size: int) -> Acquisition:
+    u = rng.uniform
+    lo, hi = (max(16, round(m * size / 256)) for m in fam.matrix)
+    return Acquisition(
+        sequence=str(rng.choice(fam.sequences)), gamma=float(np.exp(u(*fam.log_gamma))), fill=float(u(*fam.fill)),
+        offset_rows=float(u(-fam.offset, fam.offset)), offset_cols=float(u(-fam.offset, fam.offset)),
+        rotation=float(u(-fam.rotation, fam.rotation)), slices=int(rng.integers(fam.slices[0], fam.slices[1] + 1)),
+        spacing=float(u(*fam.spacing)), matrix=int(rng.integers(lo, hi + 1)), snr=float(u(*fam.snr)),
+        motion=bool(rng.random() < fam.motion), ghosting=bool(rng.random() < fam.ghosting),
+        storage=str(rng.choice(fam.storage)), reversed=bool(rng.random() < fam.reverse))
+
+
+_PLANE_AXES = {
+    "sagittal": ((1, 0, 0), (0, 0, -1), (0, 1, 0)),
+    "coronal": ((0, 1, 0), (0, 0, -1), (1, 0, 0)),
+    "axial": ((0, 0, -1), (0, 1, 0), (1, 0, 0)),
+}
+_CENTRE = {"sagittal": (0.0, 0.0, 12.0), "coronal": (0.0, 0.0, 12.0), "axial": (0.0, 0.0, 8.0)}
+
+
+def acquisition_grid(plane: str, knee: Knee, acq: Acquisition, rng: np.random.Generator) -> SliceGrid:
+    """The series' sampling grid at its native matrix: the limb's diameter fills `acq.fill` of the field, the
+    field centre is moved off the knee by the drawn fractions, the plane tilted in-plane."""
+    normal, row, col = (np.array(v, np.float64) for v in _PLANE_AXES[plane])
+    a = np.deg2rad(acq.rotation)
+    row, col = np.cos(a) * row + np.sin(a) * col, -np.sin(a) * row + np.cos(a) * col
+    fov = 2.0 * max(knee.leg_radius) * knee.scale / acq.fill
+    m, n = acq.matrix, acq.slices
+    centre = np.array(_CENTRE[plane]) + rng.uniform(-6, 6) * normal
+    centre = centre - fov * (acq.offset_rows * row + acq.offset_cols * col)  # the knee moves the other way
+    axes = np.stack([normal * acq.spacing, row * fov / m, col * fov / m], 1) / knee.scale
+    origin = centre / knee.scale - axes @ (np.array([n, m, m]) - 1) / 2
+    return SliceGrid(origin=origin, axes=axes, shape=(n, m, m))
+
+
+def _tio_image(x: np.ndarray, spacing: float, px: float):
+    import torchio as tio
+
+    return tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(x))[None],
+                           affine=np.diag([spacing, px, px, 1.0]))
+
+
+def bias_field(shape: tuple[int, int, int], coefficients: list[float], coarse: int = 16) -> np.ndarray:
+    """TorchIO's order-3 polynomial bias field, evaluated on a coarse in-plane grid and upsampled: the field is
+    smooth, and evaluating the polynomial at every voxel was most of a series' rendering time."""
+    import torchio as tio
+
+    ones = _tio_image(np.ones((shape[0], coarse, coarse), np.float32), 1.0, 1.0)
+    field = tio.BiasField(coefficients, order=3)(ones).data[0][:, None].float()
+    return F.interpolate(field, size=shape[1:], mode="bilinear", align_corners=True)[:, 0].numpy()
+
+
+def scanner_artefacts(s: np.ndarray, acq: Acquisition, fam: Family, px: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Bias field, motion and ghosting (TorchIO's deterministic transforms, parameters drawn from `rng` so an
+    exam stays a function of its seed) on the noise-free signal (S, H, W)."""
+    import torchio as tio
+
+    s = s * bias_field(s.shape, (rng.uniform(-1, 1, 20) * rng.uniform(*fam.bias)).tolist())
+    img = _tio_image(s, acq.spacing, px)
+    if acq.motion:
+        k = int(rng.integers(1, 3))
+        img = tio.Motion(degrees=rng.uniform(-3, 3, (k, 3)), translation=rng.uniform(-3, 3, (k, 3)),
+                         times=np.sort(rng.uniform(0.3, 0.9, k)), image_interpolation="linear")(img)
+    if acq.ghosting:
+        img = tio.Ghosting(num_ghosts=int(rng.integers(2, 8)), axis=int(rng.integers(1, 3)),
+                           intensity=float(rng.uniform(0.2, 0.6)), restore=0.02)(img)
+    return np.abs(img.data[0].numpy()).astype(np.float32)
+
+
+def resample_to(vol: np.ndarray, size: int) -> np.ndarray:
+    """Native matrix -> stored size in-plane (antialiased bilinear), as scanners' reconstructions are stored."""
+    if vol.shape[1] == size:
+        return vol
+    t = torch.from_numpy(np.ascontiguousarray(vol))[:, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0].numpy()
+
+
+def store(mag: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Scale to the storage type's range (the brightest 0.3% saturating), with the drawn gamma."""
+    dtype, top = STORAGE[acq.storage]
+    ref = np.percentile(mag[:, ::4, ::4], 99.7) * rng.uniform(0.95, 1.1)
+    x = np.clip(mag / max(ref, 1e-6), 0.0, 1.0) ** acq.gamma
+    out = np.rint(x * top).astype(dtype)
+    return out[::-1].copy() if acq.reversed else out
+
+
+def render_series(knee: Knee, plane: str, fam: Family, size: int, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, SliceGrid, Acquisition]:
+    """One series of a family: (stored volume, its grid at the stored size, the drawn knobs)."""
+    acq = draw_acquisition(fam, rng, size)
+    grid = acquisition_grid(plane, knee, acq, rng)
+    ss = supersampling(acq.matrix)
+    canvas = Canvas(fine_grid(grid, ss), mirror_x=knee.mirror)
+    paint_knee(canvas, knee)
+    signal = SIGNAL[acq.sequence] * rng.uniform(1 - fam.tissue_jitter, 1 + fam.tissue_jitter, N_TISSUES)
+    s = np.take(signal.astype(np.float32), canvas.labels)
+    tex = smooth_field(canvas.labels.shape, max(canvas.labels.shape[1] // (6 * ss), 4), rng)
+    s *= 1.0 + tex * np.take(TEXTURE, canvas.labels)
+    if ss > 1:
+        n, h, w = s.shape
+        s = s.reshape(n, h // ss, ss, w // ss, ss).mean((2, 4))
+    px = float(np.linalg.norm(grid.axes[:, 1]) * knee.scale)
+    s = scanner_artefacts(s, acq, fam, px, rng)
+    fg = s[s > 0.05 * s.max()]
+    sigma = float(fg.mean() if fg.size else 1.0) / acq.snr
+    mag = resample_to(rician(s, sigma, rng), size)
+    return store(mag, acq, rng), stored_grid(grid, size, acq.reversed), acq
+
+
+def stored_grid(native: SliceGrid, size: int, reversed_: bool) -> SliceGrid:
+    """The grid of the stored volume: pixel centres of the resampled matrix, slices in stored order."""
+    n, m, _ = native.shape
+    k = m / size
+    axes = native.axes * np.array([1.0, k, k])
+    origin = native.origin + (0.5 * k - 0.5) * (native.axes[:, 1] + native.axes[:, 2])
+    if reversed_:
+        origin, axes = origin + axes[:, 0] * (n - 1), axes * np.array([-1.0, 1.0, 1.0])
+    return SliceGrid(origin=origin, axes=axes, shape=(n, size, size))

@@ -1,0 +1,169 @@
+"""Randomised synthetic families and the region of interest that follows the knee."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sbssl.data.cache import build_cache, prepare_volume, roi
+from sbssl.data.layout import list_exams, synth_family
+from sbssl.data.localise import KNEE_FILL, knee_box, knee_region
+from sbssl.data.preprocessing import Preprocessing
+from sbssl.synth import Labels, SynthSpec, generate, render_exam
+from sbssl.synth.family import FAMILIES, HELD_OUT_FAMILIES, SELECTION_FAMILIES, STORAGE, family
+
+from .conftest import assert_user_error, run_cli
+
+# The demo generator's bytes, as every shipped result was made on them (computed before families existed).
+DEMO_DIGEST = "002c5a681ef847c0110f2ebdba031f86b4f25332c91f6a4c8815ca3f5e96e11b"
+
+
+def test_sets_of_the_demo_generator_are_known_as_such(tiny_set: Path):
+    """The shipped encoder's notice (engine/finetune.py) tells demo-generator sets from every other kind."""
+    assert synth_family(tiny_set) == "demo"
+
+
+def test_demo_family_keeps_the_demo_generators_bytes():
+    h = hashlib.sha256()
+    for case, lab in ((3, Labels(1, 1, 0)), (4, Labels(0, 0, 0))):
+        e = render_exam(4, case, "train", lab, 48, 0.5, family("demo"))
+        assert e.acquisitions is None
+        for p in ("sagittal", "coronal", "axial"):
+            h.update(e.volumes[p].tobytes())
+    assert h.hexdigest() == DEMO_DIGEST
+
+
+@pytest.mark.parametrize("name", [*SELECTION_FAMILIES, *HELD_OUT_FAMILIES])
+def test_family_draws_each_knob_from_its_ranges_deterministically(name: str):
+    fam = family(name)
+    exams = [render_exam(9, c, "train", Labels(1, c % 2, 0), 48, 0.5, fam) for c in range(6)]
+    again = render_exam(9, 0, "train", Labels(1, 0, 0), 48, 0.5, fam)
+    assert all(np.array_equal(exams[0].volumes[p], again.volumes[p]) for p in exams[0].volumes)
+    for e in exams:
+        for plane, vol in e.volumes.items():
+            a = e.acquisitions[plane]
+            dtype, top = STORAGE[a.storage]
+            assert vol.dtype == dtype and vol.shape == (a.slices, 48, 48) and 0 < vol.max() <= top
+            assert fam.slices[0] <= a.slices <= fam.slices[1] and a.sequence in fam.sequences
+            assert fam.fill[0] <= a.fill <= fam.fill[1] and abs(a.offset_rows) <= fam.offset
+            assert abs(a.rotation) <= fam.rotation and fam.snr[0] <= a.snr <= fam.snr[1]
+            assert vol.std() > 0.05 * top
+    seqs = {e.acquisitions["sagittal"].sequence for e in exams}
+    assert len(seqs) > 1 or len(fam.sequences) == 1  # contrast is drawn per exam, not per family
+
+
+def test_families_differ_from_the_demo_and_held_out_lies_outside_selection():
+    vols = {n: render_exam(2, 1, "train", Labels(0, 0, 0), 48, 0.5, family(n)).volumes["sagittal"]
+            for n in ("demo", "mixed")}
+    assert vols["demo"].shape != vols["mixed"].shape or not np.array_equal(vols["demo"], vols["mixed"])
+    sel = [FAMILIES[n] for n in SELECTION_FAMILIES]
+    for held in (FAMILIES[n] for n in HELD_OUT_FAMILIES):
+        outside = [held.offset > max(f.offset for f in sel), held.rotation > max(f.rotation for f in sel),
+                   held.fill[0] < min(f.fill[0] for f in sel), held.snr[0] < min(f.snr[0] for f in sel)]
+        assert sum(outside) >= 2
+
+
+def test_family_ground_truth_slice_follows_reversed_order():
+    """A reversed stack is stored last slice first; the grid (and so the galleries' ACL slice) follows it."""
+    fam = replace(family("clinic"), reverse=1.0, motion=0.0, ghosting=0.0)
+    fwd = replace(fam, reverse=0.0)
+    a = render_exam(6, 2, "train", Labels(0, 0, 0), 48, 0.5, fam)
+    b = render_exam(6, 2, "train", Labels(0, 0, 0), 48, 0.5, fwd)
+    assert a.acquisitions["sagittal"].reversed and not b.acquisitions["sagittal"].reversed
+    ga, gb = a.grids["sagittal"], b.grids["sagittal"]
+    n = a.volumes["sagittal"].shape[0]
+    np.testing.assert_allclose(ga.origin, gb.origin + gb.axes[:, 0] * (n - 1))
+    np.testing.assert_allclose(ga.axes[:, 0], -gb.axes[:, 0])
+
+
+def _disc_volume(centre: tuple[int, int], radius: int, size: int = 128, slices: int = 10) -> np.ndarray:
+    """A bright noisy disc (a limb in cross-section) with a dark hole (bone cortex) on a dim noisy field."""
+    rng = np.random.default_rng(0)
+    r, c = np.mgrid[:size, :size]
+    d = np.hypot(r - centre[0], c - centre[1])
+    img = np.where(d < radius, 0.6, 0.0) - np.where(d < radius / 4, 0.5, 0.0)
+    return (img[None] + 0.08 * np.abs(rng.standard_normal((slices, size, size)))).astype(np.float32)
+
+
+def test_knee_box_finds_an_off_centre_limb_and_the_region_follows_it():
+    vol = _disc_volume((40, 80), 24)
+    box = knee_box(vol)
+    assert abs(box.centre[0] - 40) <= 4 and abs(box.centre[1] - 80) <= 4
+    assert abs(box.diameter - 48) <= 8 and box.slices == (0, 10)
+    s, r, c = knee_region(vol, 0.5, 0.4)
+    side = r.stop - r.start
+    assert side == c.stop - c.start and abs(side - 0.5 / KNEE_FILL * box.diameter) <= 1
+    assert abs((r.start + r.stop) / 2 - 40) <= 4 and abs((c.start + c.stop) / 2 - 80) <= 4
+    assert s.stop - s.start == 4
+    centred = roi(vol, 0.5, 0.4)  # the central crop stays in the middle of the field
+    np.testing.assert_array_equal(centred, vol[3:7, 32:96, 32:96])
+    # the same knee twice as large in the field: the region grows with it (the scale follows the knee)
+    big = knee_region(_disc_volume((64, 64), 48), 0.5, 1.0)
+    assert 1.7 < (big[1].stop - big[1].start) / side < 2.3  # the box is taken at quarter resolution
+    # a region near the field's edge is shifted inside it, never cut
+    s, r, c = knee_region(_disc_volume((10, 118), 30), 1.0, 1.0)
+    assert r.start == 0 and c.stop == 128
+
+
+def test_knee_box_of_a_constant_series_is_the_whole_field():
+    box = knee_box(np.zeros((3, 32, 32), np.uint8))
+    assert box.rows == (0.0, 32.0) and box.cols == (0.0, 32.0) and box.slices == (0, 3)
+
+
+def test_knee_region_holds_the_acl_of_family_exams():
+    """The phantom knows where the ACL is: on exams of a family with off-centre knees the region that follows
+    the knee holds it (benchmarks/roi_coverage.py measures this at scale)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from roi_coverage import acl_index, margin
+
+    for case in range(3):
+        e = render_exam(8, case, "train", Labels(0, 0, 0), 96, 0.5, family("mixed"))
+        inplane, along = margin(acl_index(e), knee_region(e.volumes["sagittal"], 0.5, 0.4))
+        assert inplane > 0 and along >= 0
+
+
+def test_knee_roi_travels_in_the_preprocessing_record_and_the_cache(tmp_path: Path):
+    vol = (_disc_volume((40, 80), 24) * 200).astype(np.uint8)
+    pre = Preprocessing(16, crop=0.5, slab=0.4, mean=0.3, std=0.2, roi="knee")
+    assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    assert Preprocessing.from_meta(pre.to_meta()) == pre
+    knee = pre.prepare(vol)
+    np.testing.assert_array_equal(knee, prepare_volume(vol, 16, 0.5, 0.4, knee=True))
+    assert not np.array_equal(knee, replace(pre, roi="center").prepare(vol))
+    root = tmp_path / "MRNet-v1.0"
+    generate(root, SynthSpec(train=3, valid=1, size=64, seed=2, workers=1, family="mixed"))
+    recs = list_exams(root, "train", "sagittal", "acl")
+    cache = build_cache(recs, 16, tmp_path / "c", "t", 0.5, 0.4, knee=True)
+    centre = build_cache(recs, 16, tmp_path / "c", "t", 0.5, 0.4)
+    assert len(list((tmp_path / "c").glob("t-16-*.npy"))) == 2  # the mode is part of the cache's key
+    from sbssl.data.volume_io import load_volume
+
+    want = np.concatenate([prepare_volume(load_volume(r.path), 16, 0.5, 0.4, knee=True) for r in recs])
+    np.testing.assert_array_equal(np.asarray(cache.data), want)
+    assert not np.array_equal(np.asarray(cache.data)[: len(centre.data)], np.asarray(centre.data)[: len(cache.data)])
+
+
+def test_synth_family_cli_gallery_record_and_check(tmp_path: Path):
+    out = tmp_path / "mixed"
+    res = run_cli("synth", "--out", out, "--train", 3, "--valid", 2, "--size", 48, "--family", "mixed",
+                  "--gallery", "--workers", 1, "--seed", 4)
+    assert res.returncode == 0, res.stderr
+    for png in ("acl.png", "meniscus.png", "family-mixed.png"):
+        assert (out / "gallery" / png).stat().st_size > 5000
+    rec = json.loads((out / "findings" / "synth.json").read_text())
+    assert rec["spec"]["family"] == "mixed" and rec["family"]["sequences"] == list(FAMILIES["mixed"].sequences)
+    rows = (out / "findings" / "train.csv").read_text().splitlines()
+    assert "sag_sequence" in rows[0] and len(rows) == 4
+    assert synth_family(out) == "mixed" and synth_family(tmp_path) is None
+    chk = run_cli("check", "--data", out)
+    assert chk.returncode == 0, chk.stdout + chk.stderr
+    assert_user_error(run_cli("synth", "--out", tmp_path / "x", "--train", 1, "--valid", 1, "--family", "nope"),
+                      "nope", "known")
+    assert not (tmp_path / "x").exists()
