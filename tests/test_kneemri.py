@@ -204,3 +204,25 @@ def test_finetune_and_predict_on_roi_boxes(tmp_path: Path, capsys):
     (exam / "roi.csv").write_text("case,x,y,z,height,width,depth\n101-1,4,5,1,0,22,3\n")
     res = run_cli("predict", "--model", run, exam / "101-1.npy", "--out", tmp_path / "p2", "--no-overlays")
     assert res.returncode != 0 and "roi.csv: row 2" in res.stderr
+
+
+def test_knee_side_spelt_as_letters_mirrors_left_knees_without_a_left_value(tmp_path: Path):
+    """A copy of the metadata that writes kneeLR as L / R says which knee is left; no --left is needed."""
+    src = tmp_path / "src"
+    kneemri_folder(src)
+    meta = src / "metadata.csv"
+    rows = meta.read_text().splitlines()
+    lettered = [rows[0]] + [",".join(f[:3] + ["L" if f[3] == "1" else "r"] + f[4:])
+                            for f in (r.split(",") for r in rows[1:])]
+    meta.write_text("\n".join(lettered) + "\n")
+    assert {r.knee_lr for r in read_metadata(meta)} == {"L", "R"}
+    import_kneemri(src, tmp_path / "out", left=0)  # left=0 would name the wrong knee if numbers were meant
+    side = {r.case: r.knee_lr for r in read_metadata(meta)}
+    files = list((tmp_path / "out").glob("*/*.npy"))
+    assert len(files) == 12  # 12 series on disk (exam 105 has two), the 13th row has none
+    for f in files:
+        first = int(np.load(f, allow_pickle=False)[0, 0, 0])  # the stored slice order (volume() marks it)
+        assert first == (5 if side[f.stem] == "L" else 0), (f.stem, side[f.stem], first)
+    meta.write_text(rows[0] + "\n" + rows[1].replace(",0,4,5", ",X,4,5") + "\n")
+    with pytest.raises(DataError, match="kneeLR"):
+        read_metadata(meta)

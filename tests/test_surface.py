@@ -120,3 +120,10 @@ def test_compiled_inference_matches_eager(ft_run: Path, tiny_set: Path):
     eager = predict_probs(ens.models[0], cache, exams, ens.pre, "cpu", 4)
     compiled = predict_probs(compile_for_inference(ens.models[0]), cache, exams, ens.pre, "cpu", 4)
     assert np.abs(eager - compiled).max() < 1e-3
+
+
+def test_version_flag_prints_the_package_version():
+    from sbssl import __version__
+
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"sbssl {__version__}"

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from sbssl import __version__
 from sbssl.errors import SbsslError
 from sbssl.utils.rundir import METRICS
 
@@ -28,6 +29,7 @@ def _common(p: argparse.ArgumentParser, data: bool = True, out: bool = True) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sbssl", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"sbssl {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="generate the synthetic knee MRI set (MRNet-v1.0 layout)")

@@ -99,7 +99,7 @@ class KneeRow:
     exam: str
     series: str
     diagnosis: int
-    knee_lr: int
+    knee_lr: int | str  # 0 / 1 as the public metadata writes it, or L / R where a copy spells it out
     roi: tuple[int, int, int, int, int, int]  # x, y, z, height, width, depth
     filename: str
 
@@ -122,14 +122,15 @@ def read_metadata(path: Path) -> list[KneeRow]:
             raise DataError(path, f"row {i}: {len(row)} fields, want {len(COLUMNS)}")
         r = dict(zip(COLUMNS, (c.strip() for c in row), strict=True))
         try:
-            diagnosis, knee_lr = int(r["aclDiagnosis"]), int(r["kneeLR"])
+            side = r["kneeLR"].upper()
+            diagnosis, knee_lr = int(r["aclDiagnosis"]), side if side in ("L", "R") else int(side)
             box = tuple(int(float(r[k])) for k in ROI)
         except ValueError:
             raise DataError(path, f"row {i}: diagnosis, kneeLR and ROI must be numbers") from None
         if diagnosis not in (0, 1, 2):
             raise DataError(path, f"row {i}: aclDiagnosis {diagnosis} is not 0, 1 or 2")
-        if knee_lr not in (0, 1):
-            raise DataError(path, f"row {i}: kneeLR {knee_lr} is not 0 or 1")
+        if knee_lr not in (0, 1, "L", "R"):
+            raise DataError(path, f"row {i}: kneeLR {knee_lr} is not 0, 1, L or R")
         name = r["volumeFilename"]
         if not name.endswith(".pck") or "/" in name or "\\" in name or name.startswith("."):
             raise DataError(path, f"row {i}: volumeFilename {name[:60]!r} is not a plain .pck file name")
@@ -200,7 +201,7 @@ def import_kneemri(src: Path, dst: Path, task: str = "injury", valid_fraction: f
     for r in rows:
         vol = load_pck(volumes[r.filename])
         box = r.roi
-        if r.knee_lr == left:
+        if r.knee_lr == "L" or r.knee_lr == left:  # a letter says it; a number needs `left`
             vol, box = mirror_left(vol, box)
         split = "valid" if r.exam in valid else "train"
         out = dst / split / f"{r.case}.npy"
