@@ -152,7 +152,7 @@ def _fit_lbfgs(model: SliceClassifier, table: FeatureTable, cache: SliceCache, l
         if grad and l2 > 0:
             prior.backward()
         losses.append(data)
-        return torch.tensor(data + float(prior.detach()))
+        return torch.tensor(data + float(torch.as_tensor(prior).detach()))  # a float or a 0-d tensor alike
 
     model.eval()
     freeze_readout_norms(model, chunks())
