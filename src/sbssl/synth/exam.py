@@ -10,7 +10,7 @@ from sbssl.data.layout import PLANES
 from sbssl.synth.anatomy import Findings, Knee, paint_knee, sample_knee
 from sbssl.synth.appearance import render_signal
 from sbssl.synth.family import Acquisition, Family, render_series
-from sbssl.synth.geometry import Canvas, SliceGrid, fine_grid, supersampling
+from sbssl.synth.geometry import PLANE_AXES, PLANE_CENTRE, Canvas, SliceGrid, fine_grid, supersampling
 
 # MRNet's slice-count ranges per plane and split (valid sagittal is narrower).
 SLICE_RANGES = {
@@ -18,14 +18,7 @@ SLICE_RANGES = {
     ("train", "coronal"): (17, 58), ("valid", "coronal"): (17, 58),
     ("train", "axial"): (19, 61), ("valid", "axial"): (19, 61),
 }
-# World axis each plane's slices step along, and the (row, col) image axes.
-_PLANE_AXES = {
-    "sagittal": ((1, 0, 0), (0, 0, -1), (0, 1, 0)),  # rows superior->inferior, cols anterior->posterior
-    "coronal": ((0, 1, 0), (0, 0, -1), (1, 0, 0)),
-    "axial": ((0, 0, -1), (0, 1, 0), (1, 0, 0)),  # rows anterior->posterior
-}
 _COVERAGE = {"sagittal": (85.0, 115.0), "coronal": (80.0, 110.0), "axial": (95.0, 130.0)}
-_CENTRE = {"sagittal": (0.0, 0.0, 12.0), "coronal": (0.0, 0.0, 12.0), "axial": (0.0, 0.0, 8.0)}
 
 
 @dataclass
@@ -43,13 +36,13 @@ def slice_count(rng: np.random.Generator, split: str, plane: str) -> int:
 
 def plane_grid(plane: str, n_slices: int, size: int, knee: Knee, rng: np.random.Generator) -> SliceGrid:
     """Field of view, position, in-plane tilt and slice spacing of one series."""
-    normal, row, col = (np.array(v, np.float64) for v in _PLANE_AXES[plane])
+    normal, row, col = (np.array(v, np.float64) for v in PLANE_AXES[plane])
     angle = np.deg2rad(rng.uniform(-5, 5))
     row, col = np.cos(angle) * row + np.sin(angle) * col, -np.sin(angle) * row + np.cos(angle) * col
     fov = rng.uniform(130.0, 165.0)
     px = fov / size
     spacing = rng.uniform(*_COVERAGE[plane]) / max(n_slices - 1, 1)
-    centre = np.array(_CENTRE[plane]) + rng.uniform(-8, 8, 3)
+    centre = np.array(PLANE_CENTRE[plane]) + rng.uniform(-8, 8, 3)
     axes = np.stack([normal * spacing, row * px, col * px], 1) / knee.scale
     origin = centre / knee.scale - axes @ (np.array([n_slices, size, size]) - 1) / 2
     return SliceGrid(origin=origin, axes=axes, shape=(n_slices, size, size))

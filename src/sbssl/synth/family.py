@@ -12,8 +12,9 @@ made on (its bytes are unchanged: `exam.render_exam` without a family). Choices 
 (`clinic`, `mixed`); `shifted` is held out, fixed before any result was seen, with knobs partly outside the
 selection ranges (more off-centre and rotated, smaller and larger knees, lower SNR, finer matrices, 12-bit).
 
-TorchIO does the artefacts it already models (k-space motion, ghosting, polynomial bias field, gamma); the
-Rician noise stays ours (TorchIO's noise is additive Gaussian, MR magnitude noise is Rician).
+TorchIO does the artefacts it already models (k-space motion, ghosting, polynomial bias field); gamma is one
+power on the stored scale, and the Rician noise stays ours (TorchIO's noise is additive Gaussian, MR
+magnitude noise is Rician).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 
 from sbssl.synth.anatomy import N_TISSUES, Knee, paint_knee
 from sbssl.synth.appearance import SIGNAL, TEXTURE, rician, smooth_field
-from sbssl.synth.geometry import Canvas, SliceGrid, fine_grid, supersampling
+from sbssl.synth.geometry import PLANE_AXES, PLANE_CENTRE, Canvas, SliceGrid, fine_grid, supersampling
 
 Range = tuple[float, float]
 STORAGE = {"uint8": (np.uint8, 255), "uint12": (np.uint16, 4095)}  # MRNet: 8-bit; KneeMRI: 12-bit in 16
@@ -110,23 +111,15 @@ def draw_acquisition(fam: Family, rng: np.random.Generator, size: int) -> Acquis
         storage=str(rng.choice(fam.storage)), reversed=bool(rng.random() < fam.reverse))
 
 
-_PLANE_AXES = {
-    "sagittal": ((1, 0, 0), (0, 0, -1), (0, 1, 0)),
-    "coronal": ((0, 1, 0), (0, 0, -1), (1, 0, 0)),
-    "axial": ((0, 0, -1), (0, 1, 0), (1, 0, 0)),
-}
-_CENTRE = {"sagittal": (0.0, 0.0, 12.0), "coronal": (0.0, 0.0, 12.0), "axial": (0.0, 0.0, 8.0)}
-
-
 def acquisition_grid(plane: str, knee: Knee, acq: Acquisition, rng: np.random.Generator) -> SliceGrid:
     """The series' sampling grid at its native matrix: the limb's diameter fills `acq.fill` of the field, the
     field centre is moved off the knee by the drawn fractions, the plane tilted in-plane."""
-    normal, row, col = (np.array(v, np.float64) for v in _PLANE_AXES[plane])
+    normal, row, col = (np.array(v, np.float64) for v in PLANE_AXES[plane])
     a = np.deg2rad(acq.rotation)
     row, col = np.cos(a) * row + np.sin(a) * col, -np.sin(a) * row + np.cos(a) * col
     fov = 2.0 * max(knee.leg_radius) * knee.scale / acq.fill
     m, n = acq.matrix, acq.slices
-    centre = np.array(_CENTRE[plane]) + rng.uniform(-6, 6) * normal
+    centre = np.array(PLANE_CENTRE[plane]) + rng.uniform(-6, 6) * normal
     centre = centre - fov * (acq.offset_rows * row + acq.offset_cols * col)  # the knee moves the other way
     axes = np.stack([normal * acq.spacing, row * fov / m, col * fov / m], 1) / knee.scale
     origin = centre / knee.scale - axes @ (np.array([n, m, m]) - 1) / 2

@@ -240,3 +240,12 @@ def fine_grid(grid: SliceGrid, ss: int) -> SliceGrid:
     origin = grid.origin - (ss - 1) / 2 * (axes[:, 1] + axes[:, 2])
     n, h, w = grid.shape
     return SliceGrid(origin=origin, axes=axes, shape=(n, h * ss, w * ss))
+
+
+# World axis each plane's slices step along, and the (row, col) image axes.
+PLANE_AXES = {
+    "sagittal": ((1, 0, 0), (0, 0, -1), (0, 1, 0)),  # rows superior->inferior, cols anterior->posterior
+    "coronal": ((0, 1, 0), (0, 0, -1), (1, 0, 0)),
+    "axial": ((0, 0, -1), (0, 1, 0), (1, 0, 0)),  # rows anterior->posterior
+}
+PLANE_CENTRE = {"sagittal": (0.0, 0.0, 12.0), "coronal": (0.0, 0.0, 12.0), "axial": (0.0, 0.0, 8.0)}
