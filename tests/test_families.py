@@ -15,12 +15,20 @@ from sbssl.data.layout import list_exams, synth_family
 from sbssl.data.localise import KNEE_FILL, knee_box, knee_region
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.synth import Labels, SynthSpec, generate, render_exam
-from sbssl.synth.family import FAMILIES, HELD_OUT_FAMILIES, SELECTION_FAMILIES, STORAGE, family
+from sbssl.synth.anatomy import DEGENERATE, FLUID, KNEE_RANGES, Findings, sample_knee, widen
+from sbssl.synth.anatomy import FLOORS as ANATOMY_FLOORS
+from sbssl.synth.family import FAMILIES, HELD_OUT_FAMILIES, SELECTION_FAMILIES, STORAGE, family, vary_anatomy
+from sbssl.synth.geometry import Canvas, Deformation, SliceGrid, ellipsoid
 
 from .conftest import assert_user_error, run_cli
 
 # The demo generator's bytes, as every shipped result was made on them (computed before families existed).
 DEMO_DIGEST = "002c5a681ef847c0110f2ebdba031f86b4f25332c91f6a4c8815ca3f5e96e11b"
+FAMILY_DIGESTS = {
+    "clinic": "bccc198bd5dba1d34e0500f365b5d55efdc2fd8bdff05c290247b08e739ef3e1",
+    "mixed": "d2e29b0eec08c12fd724b15d4fe326af29ae86dddc71c74cb0352bee12a77396",
+    "shifted": "71e6ca2080a94296e864ce302fdabe8ff51383ccf8aade3e34e858907429dd5b",
+}
 
 
 def test_sets_of_the_demo_generator_are_known_as_such(tiny_set: Path):
@@ -64,8 +72,65 @@ def test_families_differ_from_the_demo_and_held_out_lies_outside_selection():
     sel = [FAMILIES[n] for n in SELECTION_FAMILIES]
     for held in (FAMILIES[n] for n in HELD_OUT_FAMILIES):
         outside = [held.offset > max(f.offset for f in sel), held.rotation > max(f.rotation for f in sel),
-                   held.fill[0] < min(f.fill[0] for f in sel), held.snr[0] < min(f.snr[0] for f in sel)]
-        assert sum(outside) >= 2
+                   held.fill[0] < min(f.fill[0] for f in sel), held.snr[0] < min(f.snr[0] for f in sel),
+                   held.anatomy > max(f.anatomy for f in sel), held.warp[1] > max(f.warp[1] for f in sel),
+                   held.blur[1] > max(f.blur[1] for f in sel), held.texture[0] < min(f.texture[0] for f in sel)]
+        assert sum(outside) >= 2, held.name
+
+
+def test_earlier_families_keep_their_bytes_when_new_knobs_exist():
+    """Recorded results were made on clinic, mixed and shifted: the anatomy and renderer knobs added later
+    draw nothing for them (digests computed before those knobs existed)."""
+    for name, digest in FAMILY_DIGESTS.items():
+        h = hashlib.sha256()
+        for case, lab in ((3, Labels(1, 1, 0)), (4, Labels(0, 0, 0))):
+            e = render_exam(4, case, "train", lab, 48, 0.5, family(name))
+            for p in ("sagittal", "coronal", "axial"):
+                h.update(e.volumes[p].tobytes())
+        assert h.hexdigest() == digest, name
+
+
+def test_deformation_is_bounded_smooth_and_moves_what_the_canvas_paints():
+    rng = np.random.default_rng(0)
+    warp = Deformation.draw(rng, 8.0)
+    p = rng.uniform(-100, 100, (3, 2000)).astype(np.float32)
+    q = p + rng.normal(0, 2, p.shape).astype(np.float32)
+    u, v = warp(p) - p, warp(q) - q
+    assert np.abs(u).max() <= warp.reach + 1e-4 and np.abs(u).max() > 1.0  # it moves, within its bound
+    stretch = np.linalg.norm(u - v, axis=0) / np.linalg.norm(p - q, axis=0)
+    assert stretch.max() <= warp.lipschitz - 1 + 1e-4 and warp.lipschitz <= 1.5 + 1e-6  # never folds
+    grid = SliceGrid(origin=np.array([-2.0, -40.0, -40.0]), axes=np.diag([1.0, 1.0, 1.0]), shape=(5, 80, 80))
+    plain, warped = Canvas(grid, mirror_x=False), Canvas(grid, mirror_x=False, warp=warp)
+    for cv in (plain, warped):
+        cv.paint((-15, -15, -15), (15, 15, 15), ellipsoid((0, 0, 0), (12, 12, 12)), [(0.0, 1)])
+    rows, cols = np.nonzero(warped.labels[2])
+    centre = np.array([0.0, rows.mean() - 40, cols.mean() - 40])
+    assert abs(int(plain.labels.sum()) - int(warped.labels.sum())) < 0.5 * plain.labels.sum()
+    # the ball now sits where the warp pulls the phantom's centre from: p + u(p) ~ 0
+    np.testing.assert_allclose(warp(centre[:, None].astype(np.float32))[:, 0][1:], 0.0, atol=2.0)
+    # the canvas refines near every level: the warped ball equals a dense evaluation of the warped distance
+    pts = grid.points(*[np.arange(n, dtype=np.float32) for n in (5, 80, 80)])
+    dense = ellipsoid((0, 0, 0), (12, 12, 12))(warp(pts)) < 0
+    assert (dense != warped.labels.astype(bool)).mean() < 1e-3
+
+
+def test_a_familys_subjects_widen_deform_and_fill_tears_as_drawn():
+    knee = sample_knee(np.random.default_rng(1), Findings(acl_tear=True, acl_severity=0.6))
+    assert widen(knee, 1.0) is knee
+    wide = widen(knee, 2.0)
+    for name, ranges in KNEE_RANGES.items():
+        got, was = np.atleast_1d(getattr(wide, name)), np.atleast_1d(getattr(knee, name))
+        mid = np.array([(lo + hi) / 2 for lo, hi in ranges])
+        floor = ANATOMY_FLOORS.get(name, 0.0)
+        np.testing.assert_allclose(got, np.maximum(mid + 2 * (was - mid), floor), rtol=1e-6)
+    fam = replace(family("varied"), granulation=1.0)
+    varied = vary_anatomy(knee, fam, np.random.default_rng(2))
+    assert varied.warp is not None and varied.findings.acl_gap == DEGENERATE and knee.findings.acl_gap == FLUID
+    partial = replace(knee, findings=Findings(acl_tear=True, acl_severity=0.2))
+    assert vary_anatomy(partial, fam, np.random.default_rng(2)).findings.acl_gap == FLUID  # no gap to fill
+    e = render_exam(5, 1, "train", Labels(1, 1, 0), 48, 0.5, family("varied"))
+    a = e.acquisitions["sagittal"]
+    assert e.knee.warp is not None and 0.0 <= a.blur <= 1.2 and 0.5 <= a.texture <= 2.0
 
 
 def test_family_ground_truth_slice_follows_reversed_order():

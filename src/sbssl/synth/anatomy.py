@@ -7,7 +7,7 @@ tibial ends of ligaments live in a frame rotated by the knee's flexion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class Findings:
     meniscus_tear_tilt: float = 0.0  # 0 horizontal cleavage, larger = oblique
     meniscus_tear_extent: float = 0.8  # fraction of the wedge it crosses from the free edge
     meniscus_tear_width: float = 0.9  # mm of fluid signal in the tear
+    acl_gap: int = FLUID  # what fills a complete tear's gap: fluid (acute) or granulation (DEGENERATE)
     effusion: float = 1.0  # suprapatellar fluid thickness, mm (about 1 is physiological)
     bone_lesion: tuple | None = None  # (centre, radii) in the femur or tibia
     cartilage_defect: tuple | None = None  # centre on the femoral condyle surface
@@ -51,26 +52,47 @@ class Knee:
     patella_height: float = 30.0
     acl_radius: float = 4.2
     findings: Findings = field(default_factory=Findings)
+    warp: g.Deformation | None = None  # a smooth deformation of the whole phantom (a family's anatomy knob)
 
     @property
     def tibia(self) -> Frame:
         return Frame(g.rotation_x(self.flexion), np.array([0.0, 6.0, 8.0], np.float32))
 
 
+# Each subject's shape parameters: a uniform range per value of each Knee field, in the order they are drawn.
+KNEE_RANGES: dict[str, list[tuple[float, float]]] = {
+    "scale": [(0.88, 1.12)], "flexion": [(0.0, 20.0)], "leg_radius": [(52, 64), (48, 60)], "fat": [(4.0, 16.0)],
+    "condyle": [(12.5, 15.5), (25, 30), (22, 26)], "plateau": [(35, 41), (24, 28)],
+    "patella_height": [(24, 36)], "acl_radius": [(3.0, 4.0)],
+}
+FLOORS = {"fat": 2.0, "flexion": -5.0, "acl_radius": 1.8}  # where a widened range would stop being a knee
+
+
 def sample_knee(rng: np.random.Generator, findings: Findings) -> Knee:
     """Random anatomy of one subject (size, build, flexion, side)."""
-    return Knee(
-        scale=float(rng.uniform(0.88, 1.12)),
-        flexion=float(rng.uniform(0.0, 20.0)),
-        mirror=bool(rng.random() < 0.5),
-        leg_radius=(float(rng.uniform(52, 64)), float(rng.uniform(48, 60))),
-        fat=float(rng.uniform(4.0, 16.0)),
-        condyle=(float(rng.uniform(12.5, 15.5)), float(rng.uniform(25, 30)), float(rng.uniform(22, 26))),
-        plateau=(float(rng.uniform(35, 41)), float(rng.uniform(24, 28))),
-        patella_height=float(rng.uniform(24, 36)),
-        acl_radius=float(rng.uniform(3.0, 4.0)),
-        findings=findings,
-    )
+    def draw(name: str) -> float | tuple[float, ...]:
+        v = tuple(float(rng.uniform(lo, hi)) for lo, hi in KNEE_RANGES[name])
+        return v if len(v) > 1 else v[0]
+
+    scale, flexion = draw("scale"), draw("flexion")
+    mirror = bool(rng.random() < 0.5)
+    shape = {name: draw(name) for name in KNEE_RANGES if name not in ("scale", "flexion")}
+    return Knee(scale=scale, flexion=flexion, mirror=mirror, findings=findings, **shape)
+
+
+def widen(k: Knee, spread: float) -> Knee:
+    """The same subject with every shape parameter moved `spread` times as far from its range's centre: a
+    family's wider population (spread 1: unchanged)."""
+    if spread == 1.0:
+        return k
+    out = {}
+    for name, ranges in KNEE_RANGES.items():
+        value = getattr(k, name)
+        vals = [value] if np.isscalar(value) else list(value)
+        vals = [max((lo + hi) / 2 + spread * (v - (lo + hi) / 2), FLOORS.get(name, 0.0))
+                for v, (lo, hi) in zip(vals, ranges, strict=True)]
+        out[name] = vals[0] if np.isscalar(value) else tuple(vals)
+    return replace(k, **out)
 
 
 # ---------------------------------------------------------------- painting
@@ -247,7 +269,7 @@ def _cruciates(cv: Canvas, k: Knee) -> None:
         gap = (0.12 + 0.25 * s) * np.linalg.norm(axis)
         centre = fem + t0 * axis
         u = axis / np.linalg.norm(axis)
-        cv.paint(lo, hi, g.ellipsoid(centre, (r + 3, gap / 2 + 3, gap / 2 + 3)), [(0.0, FLUID)])
+        cv.paint(lo, hi, g.ellipsoid(centre, (r + 3, gap / 2 + 3, gap / 2 + 3)), [(0.0, f.acl_gap)])
         cv.paint(lo, hi, g.capsule(fem, centre - u * gap / 2, r), [(0.0, LIGAMENT)])
         sag = np.array([0.0, 0.5 + s, -0.6 - s]) * gap  # distal stump falls posteriorly and flat
         cv.paint(lo, hi, g.capsule(centre + u * gap / 2 + sag, tib, r * 1.15), [(0.0, DEGENERATE), (-1.2, LIGAMENT)])

@@ -9,7 +9,7 @@ import numpy as np
 from sbssl.data.layout import PLANES
 from sbssl.synth.anatomy import Findings, Knee, paint_knee, sample_knee
 from sbssl.synth.appearance import render_signal
-from sbssl.synth.family import Acquisition, Family, render_series
+from sbssl.synth.family import Acquisition, Family, render_series, vary_anatomy
 from sbssl.synth.geometry import PLANE_AXES, PLANE_CENTRE, Canvas, SliceGrid, fine_grid, supersampling
 
 # MRNet's slice-count ranges per plane and split (valid sagittal is narrower).
@@ -155,8 +155,9 @@ def render_exam(seed: int, case: int, split: str, labels: Labels, size: int = 25
     findings = sample_findings(rng, labels, difficulty)
     knee = sample_knee(rng, findings)
     if family is not None:
-        series = {p: render_series(knee, p, family, size, r)
-                  for p, r in zip(PLANES, rng.spawn(len(PLANES)), strict=True)}
+        streams = rng.spawn(len(PLANES))
+        knee = vary_anatomy(knee, family, rng.spawn(1)[0])  # spawned after the planes': their draws stay
+        series = {p: render_series(knee, p, family, size, r) for p, r in zip(PLANES, streams, strict=True)}
         return Exam({p: s[0] for p, s in series.items()}, knee, {p: s[1] for p, s in series.items()},
                     {p: s[2] for p, s in series.items()})
     counts = {p: slice_count(rng, split, p) for p in PLANES}

@@ -19,15 +19,16 @@ magnitude noise is Rician).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
-from sbssl.synth.anatomy import N_TISSUES, Knee, paint_knee
+from sbssl.synth.anatomy import DEGENERATE, N_TISSUES, Knee, paint_knee, widen
 from sbssl.synth.appearance import SIGNAL, TEXTURE, rician, smooth_field
-from sbssl.synth.geometry import PLANE_AXES, PLANE_CENTRE, Canvas, SliceGrid, fine_grid, supersampling
+from sbssl.synth.geometry import PLANE_AXES, PLANE_CENTRE, Canvas, Deformation, SliceGrid, fine_grid, supersampling
 
 Range = tuple[float, float]
 STORAGE = {"uint8": (np.uint8, 255), "uint12": (np.uint16, 4095)}  # MRNet: 8-bit; KneeMRI: 12-bit in 16
@@ -53,6 +54,13 @@ class Family:
     ghosting: float  # probability of ghosts along the phase-encoding axis
     storage: tuple[str, ...]  # STORAGE keys, drawn per exam
     reverse: float  # probability that the slices are stored in the opposite order
+    # The subject, not the scanner (defaults: the demo's anatomy model as it is). A model that is to work on
+    # knees it never saw must not depend on one phantom's shapes or on one way of drawing a tear.
+    anatomy: float = 1.0  # every shape parameter `anatomy` times as far from its range's centre (anatomy.widen)
+    warp: Range = (0.0, 0.0)  # amplitude (mm) of a smooth random deformation of the whole knee
+    granulation: float = 0.0  # probability that a complete ACL tear's gap holds granulation, not fluid
+    blur: Range = (0.0, 0.0)  # in-plane point-spread (Gaussian sigma, native pixels)
+    texture: Range = (1.0, 1.0)  # scale of each tissue's texture (the renderer's grain)
 
     def describe(self) -> dict:
         return asdict(self)
@@ -64,12 +72,21 @@ FAMILIES: dict[str, Family | None] = {
                      (3.0, 4.0), (256, 320), (0.1, 0.3), (12.0, 30.0), 0.15, 0.15, ("uint8",), 0.5),
     "mixed": Family("mixed", ("pd", "pdfs", "t2fs", "t1"), 0.15, (-0.3, 0.3), (0.45, 0.85), 0.15, 12.0, (18, 50),
                     (2.5, 4.5), (192, 320), (0.1, 0.5), (8.0, 30.0), 0.25, 0.25, ("uint8", "uint12"), 0.5),
+    # mixed's scanners, and other subjects: wider shapes, a smooth deformation, granulation in tears, blur, grain
+    "varied": Family("varied", ("pd", "pdfs", "t2fs", "t1"), 0.15, (-0.3, 0.3), (0.45, 0.85), 0.15, 12.0,
+                     (18, 50), (2.5, 4.5), (192, 320), (0.1, 0.5), (8.0, 30.0), 0.25, 0.25, ("uint8", "uint12"),
+                     0.5, anatomy=1.8, warp=(2.0, 8.0), granulation=0.4, blur=(0.0, 1.2), texture=(0.5, 2.0)),
     # held out: outside the selection ranges in offset, rotation, knee size, SNR, matrix; 12-bit only
     "shifted": Family("shifted", ("pdfs", "t2fs"), 0.15, (-0.4, 0.4), (0.40, 0.90), 0.20, 15.0, (18, 50),
                       (2.5, 4.5), (288, 384), (0.2, 0.6), (6.0, 20.0), 0.3, 0.3, ("uint12",), 0.5),
+    # held out, fixed before any result: other subjects beyond varied's ranges (shapes, deformation, tear
+    # filling, blur, grain), acquired as a clinic would (PD / T2 fat-sat, 8-bit)
+    "morphed": Family("morphed", ("pd", "t2fs"), 0.20, (-0.2, 0.2), (0.50, 0.85), 0.12, 10.0, (20, 40),
+                      (3.0, 4.0), (256, 320), (0.1, 0.4), (10.0, 25.0), 0.2, 0.2, ("uint8",), 0.5,
+                      anatomy=2.2, warp=(6.0, 12.0), granulation=0.6, blur=(0.5, 1.6), texture=(0.3, 2.5)),
 }
-SELECTION_FAMILIES = ("clinic", "mixed")
-HELD_OUT_FAMILIES = ("shifted",)
+SELECTION_FAMILIES = ("clinic", "mixed", "varied")
+HELD_OUT_FAMILIES = ("shifted", "morphed")
 
 
 def family(name: str) -> Family | None:
@@ -97,6 +114,8 @@ class Acquisition:
     ghosting: bool
     storage: str
     reversed: bool
+    blur: float = 0.0
+    texture: float = 1.0
 
 
 def draw_acquisition(fam: Family, rng: np.random.Generator, size: int) -> Acquisition:
@@ -108,7 +127,29 @@ def draw_acquisition(fam: Family, rng: np.random.Generator, size: int) -> Acquis
         rotation=float(u(-fam.rotation, fam.rotation)), slices=int(rng.integers(fam.slices[0], fam.slices[1] + 1)),
         spacing=float(u(*fam.spacing)), matrix=int(rng.integers(lo, hi + 1)), snr=float(u(*fam.snr)),
         motion=bool(rng.random() < fam.motion), ghosting=bool(rng.random() < fam.ghosting),
-        storage=str(rng.choice(fam.storage)), reversed=bool(rng.random() < fam.reverse))
+        storage=str(rng.choice(fam.storage)), reversed=bool(rng.random() < fam.reverse),
+        **_renderer(fam, rng))
+
+
+def _renderer(fam: Family, rng: np.random.Generator) -> dict[str, float]:
+    """The renderer's knobs, drawn only where the family sets them (earlier families' exams stay as they were)."""
+    out = {}
+    if fam.blur != (0.0, 0.0):
+        out["blur"] = float(rng.uniform(*fam.blur))
+    if fam.texture != (1.0, 1.0):
+        out["texture"] = float(rng.uniform(*fam.texture))
+    return out
+
+
+def vary_anatomy(knee: Knee, fam: Family, rng: np.random.Generator) -> Knee:
+    """The family's subject: the knee's shapes widened, a smooth deformation, and what fills a complete tear."""
+    knee = widen(knee, fam.anatomy)
+    if fam.warp != (0.0, 0.0):
+        knee = replace(knee, warp=Deformation.draw(rng, float(rng.uniform(*fam.warp))))
+    f = knee.findings
+    if f.acl_tear and 0.4 <= f.acl_severity < 0.85 and rng.random() < fam.granulation:
+        knee = replace(knee, findings=replace(f, acl_gap=DEGENERATE))
+    return knee
 
 
 def acquisition_grid(plane: str, knee: Knee, acq: Acquisition, rng: np.random.Generator) -> SliceGrid:
@@ -184,15 +225,17 @@ def render_series(knee: Knee, plane: str, fam: Family, size: int, rng: np.random
     acq = draw_acquisition(fam, rng, size)
     grid = acquisition_grid(plane, knee, acq, rng)
     ss = supersampling(acq.matrix)
-    canvas = Canvas(fine_grid(grid, ss), mirror_x=knee.mirror)
+    canvas = Canvas(fine_grid(grid, ss), mirror_x=knee.mirror, warp=knee.warp)
     paint_knee(canvas, knee)
     signal = SIGNAL[acq.sequence] * rng.uniform(1 - fam.tissue_jitter, 1 + fam.tissue_jitter, N_TISSUES)
     s = np.take(signal.astype(np.float32), canvas.labels)
     tex = smooth_field(canvas.labels.shape, max(canvas.labels.shape[1] // (6 * ss), 4), rng)
-    s *= 1.0 + tex * np.take(TEXTURE, canvas.labels)
+    s *= 1.0 + tex * np.take(TEXTURE * np.float32(acq.texture), canvas.labels)
     if ss > 1:
         n, h, w = s.shape
         s = s.reshape(n, h // ss, ss, w // ss, ss).mean((2, 4))
+    if acq.blur > 0:
+        s = gaussian_filter(s, sigma=(0.0, acq.blur, acq.blur), mode="nearest")
     px = float(np.linalg.norm(grid.axes[:, 1]) * knee.scale)
     s = scanner_artefacts(s, acq, fam, px, rng)
     fg = s[s > 0.05 * s.max()]

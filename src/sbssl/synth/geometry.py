@@ -157,6 +157,44 @@ class SliceGrid:
         return float(np.linalg.norm(self.axes[:, 1]))
 
 
+@dataclass(frozen=True)
+class Deformation:
+    """A smooth random displacement of the anatomy, SynthSeg's non-linear deformation made analytic: a sum of
+    plane waves u(p) = sum_i a_i sin(k_i . p + phi_i), so every painted point is displaced consistently
+    without a volume-sized field. Image point p shows the phantom at p + u(p)."""
+
+    k: np.ndarray  # (n, 3) wave vectors, rad / mm
+    phase: np.ndarray  # (n,)
+    amp: np.ndarray  # (n, 3) displacement of each wave, mm
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, amplitude: float, waves: int = 6,
+             wavelength: tuple[float, float] = (60.0, 160.0)) -> Deformation:
+        """`amplitude`: the largest possible displacement (mm); wavelengths a knee-sized fraction of the limb."""
+        d = rng.standard_normal((waves, 3))
+        k = d / np.linalg.norm(d, axis=1, keepdims=True) * (2 * np.pi / rng.uniform(*wavelength, (waves, 1)))
+        amp = rng.standard_normal((waves, 3))
+        amp *= amplitude / np.abs(amp).sum(0).max()
+        strain = (np.linalg.norm(amp, axis=1) * np.linalg.norm(k, axis=1)).sum()
+        amp *= min(1.0, 0.5 / max(strain, 1e-9))  # strain <= 0.5: the warp never folds tissue over itself
+        return cls(k.astype(np.float32), rng.uniform(0, 2 * np.pi, waves).astype(np.float32),
+                   amp.astype(np.float32))
+
+    @property
+    def reach(self) -> float:
+        """An upper bound on |u| along any axis (mm): boxes grow by it."""
+        return float(np.abs(self.amp).sum(0).max())
+
+    @property
+    def lipschitz(self) -> float:
+        """An upper bound on how much the warp stretches distances (distances to a level scale by it)."""
+        return 1.0 + float((np.linalg.norm(self.amp, axis=1) * np.linalg.norm(self.k, axis=1)).sum())
+
+    def __call__(self, pts: Points) -> Points:
+        arg = np.tensordot(self.k, pts, axes=1) + self.phase.reshape((-1,) + (1,) * (pts.ndim - 1))
+        return pts + np.tensordot(self.amp.T, np.sin(arg), axes=1)
+
+
 class Canvas:
     """A tissue-label volume painted structure by structure (later paints win).
 
@@ -167,15 +205,16 @@ class Canvas:
 
     BLOCK = 4
 
-    def __init__(self, grid: SliceGrid, mirror_x: bool):
+    def __init__(self, grid: SliceGrid, mirror_x: bool, warp: Deformation | None = None):
         self.grid = grid
         self.labels = np.zeros(grid.shape, np.uint8)
         self.mirror = -1.0 if mirror_x else 1.0
-        self.reach = 1.6 * (self.BLOCK / 2) * np.sqrt(2) * grid.pixel_mm
+        self.warp = warp
+        self.reach = 1.6 * (self.BLOCK / 2) * np.sqrt(2) * grid.pixel_mm * (warp.lipschitz if warp else 1.0)
 
     def _world(self, pts: Points) -> Points:
         pts[0] *= self.mirror  # the phantom is defined for a right knee
-        return pts
+        return self.warp(pts) if self.warp is not None else pts
 
     def _distance(self, box: tuple[slice, slice, slice], sdf: Sdf, levels: list[float]) -> np.ndarray:
         s, r, c = box
@@ -206,6 +245,8 @@ class Canvas:
               where: Callable[[Points], np.ndarray] | None = None) -> None:
         """Set label L where sdf < t for each (t, L), in order (so put outer levels first)."""
         lo, hi = np.asarray(lo, np.float32), np.asarray(hi, np.float32)
+        if self.warp is not None:  # the structure may be displaced into view from outside its box
+            lo, hi = lo - self.warp.reach, hi + self.warp.reach
         if self.mirror < 0:
             lo, hi = np.array([-hi[0], lo[1], lo[2]]), np.array([-lo[0], hi[1], hi[2]])
         box = self.grid.index_box(lo, hi)
