@@ -4,13 +4,15 @@ A model that is to work on a hospital's knees must not depend on what differs be
 contrast, field of view and knee size, position and tilt in the field, slice count and spacing, matrix, coil
 shading, noise, motion, how intensities are stored, which knee and in which slice order. SynthSeg (Billot et al.
 2023) trains brain-MRI models that work on every scanner by drawing each of these per image from a wide range;
-a family here is such a set of ranges, drawn per exam. The anatomy and findings (and so the labels) are the
-demo's (`anatomy.py`, `exam.sample_findings`); only the acquisition changes.
+a family here is such a set of ranges, drawn per exam. The findings (and so the labels) are drawn as the demo's
+(`exam.sample_findings`); the subject is the demo's anatomy model, which a family may widen, deform smoothly
+and draw tears of another filling in (`vary_anatomy`), and the renderer's blur and grain may vary.
 
 `FAMILIES` names the families. `demo` is the generator the demo, the shipped encoder and earlier recipes were
 made on (its bytes are unchanged: `exam.render_exam` without a family). Choices are made on selection families
-(`clinic`, `mixed`); `shifted` is held out, fixed before any result was seen, with knobs partly outside the
-selection ranges (more off-centre and rotated, smaller and larger knees, lower SNR, finer matrices, 12-bit).
+(`clinic`, `mixed`, `varied`); `shifted` and `morphed` are held out, fixed before any result was seen, with
+knobs partly outside the selection ranges (`shifted`: more off-centre and rotated, smaller and larger knees,
+lower SNR, finer matrices, 12-bit; `morphed`: wider shapes, stronger deformation, more granulation, blur, grain).
 
 TorchIO does the artefacts it already models (k-space motion, ghosting, polynomial bias field); gamma is one
 power on the stored scale, and the Rician noise stays ours (TorchIO's noise is additive Gaussian, MR
