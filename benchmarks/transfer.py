@@ -9,7 +9,10 @@ paired differences (stratified bootstrap on the same exams) against random init 
 
     python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own]
                                   [--train 400 --valid 120 --size 256] [--pretrain train.epochs=24]
-                                  [--set data.roi=knee]
+                                  [--set data.roi=knee] [--encoder varied=ENCODER.safetensors ...]
+
+`--encoder NAME=PATH` adds an arm NAME: the demo's GMML recipe from that encoder (a candidate shipped encoder,
+pretrained on selection families), paired against random init, the CNN and the shipped encoder.
 
 Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
 `--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
@@ -46,11 +49,12 @@ def target_root(work: Path, family: str, a: argparse.Namespace) -> Path:
     return root
 
 
-def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_args: list[str]) -> dict[str, Path]:
+def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_args: list[str],
+             encoders: dict[str, str] | None = None) -> dict[str, Path]:
     """Each arm's run folder (finished runs are kept: the benchmark resumes)."""
-    runs = {}
-    for arm in arms:
-        extra = list(ARMS.get(arm, ARMS["gmml"]))
+    runs, encoders = {}, encoders or {}
+    for arm in [*arms, *encoders]:
+        extra = [f"init={encoders[arm]}"] if arm in encoders else list(ARMS[arm]) if arm in ARMS else []
         if arm == "own":
             pre = work / "pretrain-own"
             if not (pre / ENCODER).exists():
@@ -79,18 +83,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every arm")
     ap.add_argument("--pretrain", nargs="*", default=[], help="overrides for the own pretraining")
+    ap.add_argument("--encoder", nargs="*", default=[], metavar="NAME=PATH",
+                    help="extra arms: the GMML recipe from these encoders")
     ap.add_argument("--name", default="transfer")
     ap.add_argument("--out-json", help="write the result here instead of results/NAME.json and RESULTS.md")
     a = ap.parse_args()
-    work, arms = Path(a.work), a.arms.split(",")
+    work, arms = Path(a.work), [x for x in a.arms.split(",") if x]
+    unknown = [x for x in arms if x not in ARMS and x != "own"]
+    encoders = dict(e.split("=", 1) for e in a.encoder)
+    if unknown or any(not v for v in encoders.values()):
+        ap.error(f"unknown arms {unknown} (known: {', '.join([*ARMS, 'own'])}); --encoder takes NAME=PATH")
+    pairs = [*PAIRS, *((e, other) for e in encoders for other in ("scratch", "cnn", "gmml"))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
     result, summary = {}, []
     for name, root in targets.items():
         w = work / name
         root = root or target_root(work, name, a)
-        runs = run_arms(root, w, arms, a.set, a.pretrain)
+        runs = run_arms(root, w, arms, a.set, a.pretrain, encoders)
         row = {arm: {k: load_metrics(run)[k] for k in ("auc", "auc_ci95")} for arm, run in runs.items()}
-        for x, y in PAIRS:
+        for x, y in pairs:
             if x in runs and y in runs:
                 d = compare_runs(runs[x], runs[y], w / f"compare-{x}-{y}")
                 row[f"{x}-{y}"] = {"diff": d["difference"], "ci95": d["ci95"]}
@@ -99,7 +110,7 @@ def main() -> None:
                  f"{k} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in row.items()]
         summary.append(f"{name}: " + "; ".join(cells))
         print(summary[-1], flush=True)
-    res = {"targets": result, "set": a.set, "pretrain": a.pretrain}
+    res = {"targets": result, "set": a.set, "pretrain": a.pretrain, "encoders": encoders}
     if a.out_json:
         Path(a.out_json).write_text(json.dumps(res, indent=2) + "\n")
     else:

@@ -21,19 +21,22 @@ def test_transfer_runs_every_arm_on_a_generated_family_and_pairs_them(tmp_path: 
     res = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path), "--families", "mixed",
                           "--train", "10", "--valid", "8", "--size", "48", "--set", *small, "data.roi=knee",
                           "--pretrain", "train.batch_size=16", "train.recon_every=0",
+                          "--encoder", f"again={tmp_path / 'mixed' / 'pretrain-own' / 'encoder.safetensors'}",
                           "--out-json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "r.json").read_text())["targets"]["mixed"]
     synth = json.loads((tmp_path / "data-mixed-48" / "MRNet-v1.0" / "findings" / "synth.json").read_text())
     assert synth["spec"]["family"] == "mixed" and synth["spec"]["seed"] == 5
     assert (tmp_path / "mixed" / "pretrain-own" / "encoder.safetensors").is_file()
-    for arm in ("gmml", "scratch", "cnn", "own"):
+    for arm in ("gmml", "scratch", "cnn", "own", "again"):
         run = tmp_path / "mixed" / f"finetune-{arm}"
         cases, _, _ = read_predictions(run / "predictions.csv")
         assert len(cases) == 8 and 0 <= out[arm]["auc"] <= 1
         assert json.loads((run / "run.json").read_text())["preprocessing"]["roi"] == "knee"  # --set reached it
     assert "pretrain-own" in json.loads((tmp_path / "mixed" / "finetune-own" / "run.json").read_text())["init"]
-    for pair in ("gmml-scratch", "own-scratch", "gmml-cnn", "own-cnn", "own-gmml"):
+    assert "pretrain-own" in json.loads((tmp_path / "mixed" / "finetune-again" / "run.json").read_text())["init"]
+    for pair in ("gmml-scratch", "own-scratch", "gmml-cnn", "own-cnn", "own-gmml", "again-scratch", "again-cnn",
+                 "again-gmml"):
         a, b = pair.split("-")
         assert out[pair]["diff"] == pytest.approx(out[a]["auc"] - out[b]["auc"], abs=1e-9)
         assert -1 <= out[pair]["ci95"][0] <= out[pair]["ci95"][1] <= 1
