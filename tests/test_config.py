@@ -33,6 +33,7 @@ def test_every_shipped_recipe_loads(name: str):
     ("mask.type=glitter", "mask.type"),
     ("mask.max_ratio=1.5", "mask.max_ratio"),
     ("model.patch_size=7", "model.patch_size"),
+    ("model.depth=-1", "model.depth"),
     ("nonsense", "key=value"),
 ])
 def test_bad_overrides(override: str, needle: str):

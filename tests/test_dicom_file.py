@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from sbssl.data.volume_io import load_volume
 from sbssl.errors import DataError
+from sbssl.predict import predict
 
 from .conftest import run_cli
 
@@ -90,8 +91,7 @@ def test_predict_on_dicom_files(ft_run: Path, tiny_set: Path, tmp_path: Path):
             csv.DictReader((tmp_path / "out" / "predictions.csv").read_text().splitlines())}
     assert set(rows) == {"knee", "one_slice"} and all(0 <= p <= 1 for p in rows.values())
     np.save(tmp_path / "knee.npy", exam)  # the enhanced file, reordered, is the same exam as the .npy
-    ref = run_cli("predict", "--model", ft_run, tmp_path / "knee.npy", "--out", tmp_path / "ref", "--no-overlays")
-    assert ref.returncode == 0, ref.stderr
+    assert predict(ft_run, [tmp_path / "knee.npy"], tmp_path / "ref", overlays=False) == 0  # `sbssl predict`'s call
     want = float(next(csv.DictReader((tmp_path / "ref" / "predictions.csv").read_text().splitlines()))["probability"])
     assert abs(rows["knee"] - want) < 1e-6
 

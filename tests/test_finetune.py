@@ -18,6 +18,7 @@ from sbssl.data.datasets import resample_index
 from sbssl.engine.finetune import choose_on_heldout, finetune
 from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
+from sbssl.evaluate.report_files import read_predictions
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import apply_encoder_meta, encoder_init
 from sbssl.models.slice_classifier import AGGREGATORS, InstanceAggregator, MRNetCNN, SliceClassifier
@@ -216,7 +217,12 @@ def test_scratch_vit_and_cnn_baselines_run(tiny_set: Path, tmp_path: Path):
         finetune(load_config(None, ["finetune.ensemble=1", "train.epochs=1", "finetune.batch_exams=4",
                                     "trainer.accelerator=cpu", "finetune.aggregator=mean", *extra]), tiny_set, out)
         m = json.loads((out / "metrics.json").read_text())
-        assert m["init"] == "scratch" and 0 <= m["auc"] <= 1
+        cases, probs, y = read_predictions(out / "predictions.csv")
+        assert m["init"] == "scratch" and m["model"] == ("mrnet_cnn" if name == "cnn" else "vit_tiny")
+        assert len(cases) == m["n"] == 12 and m["auc"] == pytest.approx(roc_auc_score(y, probs), abs=1e-6)
+        assert ((probs > 0) & (probs < 1)).all() and np.ptp(probs) > 0  # exams scored, and told apart
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert len(log) == 1 and np.isfinite(log[0]["loss"])  # one epoch trained, to a finite loss
 
 
 def test_config_stays_as_asked_and_the_preprocessing_record_travels(ft_run: Path, gmml_run: Path):

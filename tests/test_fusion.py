@@ -104,8 +104,9 @@ def test_fuse_refuses_runs_that_cannot_be_fused(plane_runs: dict[str, Path], tmp
 
 def test_predict_with_a_fused_model_takes_the_three_series(plane_runs: dict[str, Path], tiny_set: Path,
                                                            tmp_path: Path):
-    runs = [plane_runs[p] for p in PLANES]
-    assert run_cli("fuse", *runs, "--out", tmp_path / "fused").returncode == 0
+    from sbssl.evaluate.fusion import fuse
+
+    fuse([plane_runs[p] for p in PLANES], tmp_path / "fused")  # the call behind `sbssl fuse` (its CLI: above)
     inp = tmp_path / "exams"
     for plane in PLANES:
         (inp / plane).mkdir(parents=True)

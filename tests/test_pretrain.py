@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from sbssl.config import load_config
@@ -26,7 +27,7 @@ from sbssl.models.gmml import masked_l1, skip_indices
 
 from .conftest import run_cli
 
-TINY = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "train.batch_size=32",
+TINY = ["model.name=vit_tiny", "model.depth=4", "data.img_size=32", "model.patch_size=8", "train.batch_size=32",
         "train.warmup_epochs=1", "train.lr=2e-3", "train.recon_every=1", "trainer.accelerator=cpu"]
 
 
@@ -71,8 +72,11 @@ def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
     assert rec["img_per_s"] > 0 and rec["step"] > 0
     # the encoder alone loads into timm as-is
     sd = load_file(out / "encoder.safetensors")
-    enc = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, in_chans=1,
-                            num_classes=0)
+    with safe_open(str(out / "encoder.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["depth"] == "4" and meta["timm_name"] == "vit_tiny_patch16_224"
+    enc = timm.create_model(meta["timm_name"], pretrained=False, img_size=32, patch_size=8, in_chans=1,
+                            num_classes=0, depth=int(meta["depth"]))
     enc.load_state_dict(sd)
     assert torch.equal(enc.pos_embed, sd["pos_embed"])
     # a finished run is not overwritten
@@ -118,14 +122,13 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_set: Path, tmp_path: Path,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_process_ddp_matches_one_process(tiny_set: Path, tmp_path: Path):
-    common = ["model.name=vit_tiny", "data.img_size=32", "model.patch_size=8", "train.epochs=1",
+def test_two_process_ddp_matches_one_process(tiny_set: Path, tmp_path: Path, monkeypatch):
+    common = ["model.name=vit_tiny", "model.depth=4", "data.img_size=32", "model.patch_size=8", "train.epochs=1",
               "train.max_steps=4", "model.drop_path=0", "trainer.precision=32-true", "trainer.accelerator=cpu",
               "train.deterministic=true", "data.cache_dir=" + str(tmp_path / "c")]
     env_port = str(29500 + os.getpid() % 1000)
-    one = run_cli("pretrain", "--data", tiny_set, "--out", tmp_path / "one", *common, "train.batch_size=16")
-    assert one.returncode == 0, one.stderr
-    os.environ["MASTER_PORT"] = env_port
+    pretrain(load_config(None, [*common, "train.batch_size=16"]), tiny_set, tmp_path / "one")  # one process
+    monkeypatch.setenv("MASTER_PORT", env_port)  # the launcher's rendezvous port; restored after the test
     two = run_cli("pretrain", "--data", tiny_set, "--out", tmp_path / "two", *common, "train.batch_size=8",
                   "trainer.devices=2", "trainer.strategy=ddp")
     assert two.returncode == 0, two.stderr

@@ -9,8 +9,8 @@ from sbssl.reproduce import GRID_TASKS, Sizes, plan
 
 from .conftest import run_cli
 
-TINY = ["train.epochs=1", "data.img_size=16", "model.patch_size=4", "finetune.slices=4", "train.batch_size=32",
-        "train.recon_every=0", "trainer.accelerator=cpu"]
+TINY = ["train.epochs=1", "model.depth=4", "data.img_size=16", "model.patch_size=4", "finetune.slices=4",
+        "train.batch_size=32", "train.recon_every=0", "trainer.accelerator=cpu"]
 
 
 def test_plan_covers_table1_ablations_and_grid(tmp_path: Path):

@@ -39,6 +39,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "vit_small"  # vit_tiny | vit_small | vit_base | mrnet_cnn
     patch_size: int = 16
+    depth: int = 0  # transformer blocks; 0 = the named ViT's 12 (fewer: a cheaper encoder, e.g. for tests)
     stem: str = "patch"  # patch (the paper's linear patchify) | conv (stride-2 convolutions, for small data)
     in_chans: int = 1
     drop_path: float = 0.1
@@ -205,6 +206,7 @@ def validate(cfg: DictConfig) -> None:
         ("model.patch_size", cfg.model.patch_size >= 1 and cfg.data.img_size % cfg.model.patch_size == 0,
          "a divisor of data.img_size"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),
+        ("model.depth", cfg.model.depth >= 0, ">= 0 (0: the named ViT's)"),
         ("model.patch_size", cfg.model.stem == "patch" or cfg.model.patch_size in (2, 4, 8, 16, 32),
          "a power of two with model.stem=conv"),
         ("train.epochs", cfg.train.epochs >= (0 if cfg.finetune.probe_steps > 0 else 1),

@@ -1,9 +1,10 @@
 """Explanations (paper Fig. 5): class-token attention maps and which slices weighed most; `sbssl explain`.
 
-The attention of the class token to the patch tokens in one block (10 by default),
-averaged over heads and normalised to sum to 1, is upsampled to the slice and overlaid
-in colour. Fused attention never materialises the attention matrix, so only the block
-being read switches to the explicit path, and only while explaining.
+The attention of the class token to the patch tokens in one block (10 of 12 by default, the
+same relative depth in a shallower encoder), averaged over heads and normalised to sum to 1,
+is upsampled to the slice and overlaid in colour. Fused attention never materialises the
+attention matrix, so only the block being read switches to the explicit path, and only
+while explaining.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ def _explicit_attention(block):
         attn.fused_attn = saved
 
 
+def attention_block(block: int, depth: int, reference_depth: int = 12) -> int:
+    """0-based index of the block read for `block` (1-indexed, of a 12-block ViT): the same relative depth."""
+    return min(max(round(block * depth / reference_depth), 1), depth) - 1
+
+
 @torch.no_grad()
 def cls_attention(encoder: VisionTransformer, x: torch.Tensor, block: int = 10) -> torch.Tensor:
-    """(B, H, W) maps: class-token attention of `block` (1-indexed), head-averaged, sum 1, slice-sized."""
-    depth = len(encoder.blocks)
-    b = min(max(block, 1), depth) - 1
+    """(B, H, W) maps: class-token attention of `block` (1-indexed, see `attention_block`), head-averaged, sum 1,
+    slice-sized."""
+    b = attention_block(block, len(encoder.blocks))
     with _explicit_attention(encoder.blocks[b]) as cap:
         encoder.forward_features(x)
     attn = cap["attn"].float()  # (B, heads, 1 + N, 1 + N)

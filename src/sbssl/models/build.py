@@ -11,7 +11,7 @@ from sbssl.models.vit import create_encoder, set_slice_feature
 
 def build_encoder(cfg: DictConfig):
     m = cfg.model
-    return create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem)
+    return create_encoder(m.name, cfg.data.img_size, m.patch_size, m.in_chans, m.drop_path, m.stem, m.depth)
 
 
 def build_gmml(cfg: DictConfig) -> GMMLAutoencoder:

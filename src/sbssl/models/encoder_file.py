@@ -25,10 +25,10 @@ FORMAT = "sbssl-gmml-encoder"
 
 def encoder_meta(encoder: VisionTransformer, name: str) -> dict[str, str]:
     """What rebuilds the encoder (stored in safetensors metadata); a patch-stem encoder loads into
-    `timm.create_model` as it is."""
+    `timm.create_model` as it is (with `depth=` when it has fewer blocks than the named model)."""
     return {"timm_name": VIT_NAMES[name], "name": name, "img_size": str(encoder.patch_embed.img_size[0]),
             "patch_size": str(encoder.patch_embed.patch_size[0]), "in_chans": str(in_chans_of(encoder)),
-            "stem": stem_of(encoder)}
+            "stem": stem_of(encoder), "depth": str(len(encoder.blocks))}
 
 
 def save_encoder(encoder: VisionTransformer, name: str, pre: Preprocessing, path: Path) -> None:
@@ -81,6 +81,7 @@ def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
     cfg.model.name, cfg.model.patch_size = meta["name"], int(meta["patch_size"])
     cfg.model.in_chans, cfg.data.img_size = int(meta["in_chans"]), int(meta["img_size"])
     cfg.model.stem = meta.get("stem", "patch")
+    cfg.model.depth = int(meta.get("depth", 0))  # encoders written before the key existed have the named depth
     # The region of interest sets the scale the encoder learnt at; encoders written before it existed saw it all.
     cfg.data.crop, cfg.data.slab = float(meta.get("crop", 1.0)), float(meta.get("slab", 1.0))
     # data.roi stays the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale.

@@ -16,15 +16,19 @@ SLICE_FEATURES = ("cls", "max", "mean")
 
 
 def create_encoder(name: str = "vit_small", img_size: int = 256, patch_size: int = 16, in_chans: int = 1,
-                   drop_path: float = 0.1, stem: str = "patch") -> VisionTransformer:
+                   drop_path: float = 0.1, stem: str = "patch", depth: int = 0) -> VisionTransformer:
     """A DINO/timm-style ViT (qkv bias, LayerNorm eps 1e-6, fused attention), no classifier head.
 
     stem="patch" is the paper's linear patchify; "conv" replaces it by a convolutional stem (see `conv_stem`).
+    depth > 0 keeps the named width with that many blocks (timm's `depth`); 0 keeps the named depth.
     """
     if name not in VIT_NAMES:
         raise ValueError(f"unknown ViT '{name}' (want one of {', '.join(VIT_NAMES)})")
+    if depth < 0:
+        raise ValueError(f"model.depth must be >= 0, not {depth}")
     enc = timm.create_model(VIT_NAMES[name], pretrained=False, img_size=img_size, patch_size=patch_size,
-                            in_chans=in_chans, num_classes=0, drop_path_rate=drop_path)
+                            in_chans=in_chans, num_classes=0, drop_path_rate=drop_path,
+                            **({"depth": depth} if depth else {}))
     if stem == "conv":
         enc.patch_embed.proj = conv_stem(in_chans, enc.embed_dim, patch_size)
     elif stem != "patch":
