@@ -82,7 +82,8 @@ class Trainer:
 def train_one_epoch(trainer: Trainer, batches: Iterable, loss_of: Callable[[object, Draw], torch.Tensor],
                     size_of: Callable[[object], int], epoch: int, title: str, steps: int, unit: str) -> dict:
     """One epoch: `loss_of(batch, draw)` for each batch of this rank; returns the epoch's log fields (mean
-    loss over ranks, the last lr and weight decay, throughput in `unit` per second over all ranks)."""
+    loss over ranks, the last lr and weight decay, throughput in `unit` per second over all ranks). The bar
+    shows the running mean of this rank's loss, which ends at the number the log records (one process)."""
     f = trainer.fabric
     trainer.model_f.train()
     t0, seen, n, status = time.perf_counter(), 0, 0, ""
@@ -99,8 +100,8 @@ def train_one_epoch(trainer: Trainer, batches: Iterable, loss_of: Callable[[obje
             seen += size_of(batch) * f.world_size
             loss_sum += loss.detach()
             n += 1
-            if b % 5 == 0:
-                status = f"loss {loss.item():.4f} {seen / max(time.perf_counter() - t0, 1e-9):.1f} {unit}/s"
+            if b % 5 == 0 or b == steps - 1:  # a host sync, so not every step
+                status = f"loss {(loss_sum / n).item():.4f} {seen / max(time.perf_counter() - t0, 1e-9):.1f} {unit}/s"
             bar.advance(1, status=status)
     elapsed = time.perf_counter() - t0
     mean = float(f.all_reduce(loss_sum / max(n, 1), reduce_op="mean")) if n else None
