@@ -1,4 +1,4 @@
-"""The user's surface: explain, predict (every input kind), report in Chromium, demo --quick."""
+"""The user's surface: explain, predict (every input kind), report in Chromium, demo --quick from the wheel."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import csv
 import json
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import nibabel as nib
@@ -92,9 +94,44 @@ def render(html_file: Path, tmp_path: Path) -> tuple[str, Path]:
     return dom, shot
 
 
-def test_demo_quick_and_report_in_chromium(tmp_path: Path):
+REPO = Path(__file__).resolve().parents[1]
+
+
+def installed_wheel(tmp: Path) -> Path:
+    """`sbssl` built as a wheel (from a copy of the sources, so the checkout stays clean) and installed alone
+    into a fresh venv, which sees this environment's third-party packages (torch and the rest: nothing is
+    downloaded) but not the checkout; returns that venv's `sbssl` script."""
+    src = tmp / "src-copy"
+    shutil.copytree(REPO / "src", src / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, src / f)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp / "dist", src], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = (tmp / "dist").glob("sbssl-*.whl")
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    deps = Path(sysconfig.get_paths()["purelib"])  # a plain path line: its editable-install hooks stay off
+    (Path(site) / "_third_party.pth").write_text(f"{deps}\n")
+    subprocess.run([*pip, "--python", venv / "bin" / "python", "install", "--no-deps", wheel], check=True,
+                   capture_output=True, timeout=300)
+    return venv / "bin" / "sbssl"
+
+
+def test_demo_quick_from_the_wheel_and_report_in_chromium(tmp_path: Path):
+    """The wheel holds everything the demo needs (the shipped encoder, the recipes, the report template): its
+    `sbssl demo --quick`, run from another folder, makes the report; then Chromium renders it."""
+    sbssl = installed_wheel(tmp_path / "wheel")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([sbssl.parent / "python", "-c", "import sbssl; print(sbssl.__file__)"], cwd=elsewhere,
+                           capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(tmp_path / "wheel" / "venv")) and str(REPO / "src") not in where
     out = tmp_path / "demo"
-    res = run_cli("demo", "--quick", "--out", out, timeout=300)
+    res = subprocess.run([sbssl, "demo", "--quick", "--out", out], cwd=elsewhere, capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report:" in res.stdout and "GMML - scratch AUC" in res.stdout
     for f in ("data/MRNet-v1.0/train-acl.csv", "pretrain/encoder.safetensors", "finetune-gmml/metrics.json",
@@ -110,7 +147,7 @@ def test_demo_quick_and_report_in_chromium(tmp_path: Path):
     assert f"images-loaded:{n}/{n}" in dom, dom[-500:]
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
     # a second demo into the finished folder is refused
-    again = run_cli("demo", "--quick", "--out", out)
+    again = subprocess.run([sbssl, "demo", "--quick", "--out", out], capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
