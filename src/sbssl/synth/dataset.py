@@ -11,7 +11,7 @@ import numpy as np
 
 from sbssl.data.layout import FINDINGS_DIR, PLANES, SYNTH_RECORD, TASKS
 from sbssl.synth.exam import Labels, findings_row, render_exam
-from sbssl.synth.family import family
+from sbssl.synth.family import family, subject_row
 from sbssl.utils.io import atomic_write_json, atomic_write_text, save_npy_atomic
 from sbssl.utils.progress import progress
 
@@ -72,6 +72,7 @@ def _write_exam(args: tuple) -> dict[str, object]:
     if exam.acquisitions:  # what the family drew for the sagittal series (the plane the tasks read first)
         row.update({f"sag_{k}": (round(v, 4) if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
                     for k, v in asdict(exam.acquisitions["sagittal"]).items()})
+        row.update(subject_row(exam.knee))
     return row
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from sbssl.data.layout import PLANES
 from sbssl.synth.anatomy import Findings, Knee, paint_knee, sample_knee
 from sbssl.synth.appearance import render_signal
-from sbssl.synth.family import Acquisition, Family, render_series, vary_anatomy
+from sbssl.synth.family import Acquisition, Family, one_thread, render_series, vary_anatomy
 from sbssl.synth.geometry import PLANE_AXES, PLANE_CENTRE, Canvas, SliceGrid, fine_grid, supersampling
 
 # MRNet's slice-count ranges per plane and split (valid sagittal is narrower).
@@ -147,10 +147,12 @@ def findings_row(case: int, f: Findings) -> dict[str, object]:
             "cartilage_defect": int(f.cartilage_defect is not None), "baker_cyst_mm": round(f.baker_cyst, 2)}
 
 
+@one_thread()
 def render_exam(seed: int, case: int, split: str, labels: Labels, size: int = 256,
                 difficulty: float = 0.5, family: Family | None = None) -> Exam:
-    """All three planes of one exam; the bytes depend only on (seed, case, size, difficulty, family). With a
-    family the knee and its findings are drawn as without one; the acquisition is the family's."""
+    """All three planes of one exam; the bytes depend only on (seed, case, size, difficulty, family), not on the
+    machine's thread count (`one_thread`). With a family the knee and its findings are drawn as without one;
+    the acquisition is the family's, and the subject may vary (`vary_anatomy`)."""
     rng = np.random.default_rng([seed, case])
     findings = sample_findings(rng, labels, difficulty)
     knee = sample_knee(rng, findings)

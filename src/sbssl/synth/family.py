@@ -21,6 +21,7 @@ magnitude noise is Rician).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -154,6 +155,12 @@ def vary_anatomy(knee: Knee, fam: Family, rng: np.random.Generator) -> Knee:
     return knee
 
 
+def subject_row(knee: Knee) -> dict[str, object]:
+    """What `vary_anatomy` drew, for the findings CSV: the deformation's bound and a complete tear's filling."""
+    return {"warp_mm": round(knee.warp.reach, 2) if knee.warp is not None else 0.0,
+            "acl_gap": "granulation" if knee.findings.acl_gap == DEGENERATE else "fluid"}
+
+
 def acquisition_grid(plane: str, knee: Knee, acq: Acquisition, rng: np.random.Generator) -> SliceGrid:
     """The series' sampling grid at its native matrix: the limb's diameter fills `acq.fill` of the field, the
     field centre is moved off the knee by the drawn fractions, the plane tilted in-plane."""
@@ -219,6 +226,21 @@ def store(mag: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.nda
     x = np.clip(mag / max(ref, 1e-6), 0.0, 1.0) ** acq.gamma
     out = np.rint(x * top).astype(dtype)
     return out[::-1].copy() if acq.reversed else out
+
+
+@contextmanager
+def one_thread():
+    """BLAS, OpenMP and torch on one thread: larger products round differently on more, and an exam's bytes
+    must not depend on the machine (`sbssl synth`'s worker processes run one thread each anyway)."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def render_series(knee: Knee, plane: str, fam: Family, size: int, rng: np.random.Generator
