@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from sbssl.data.preprocessing import Preprocessing
+from sbssl.models.gmml import skip_indices
 from sbssl.models.slice_classifier import SliceClassifier
 
 
@@ -36,8 +37,9 @@ def _explicit_attention(block):
 
 
 def attention_block(block: int, depth: int, reference_depth: int = 12) -> int:
-    """0-based index of the block read for `block` (1-indexed, of a 12-block ViT): the same relative depth."""
-    return min(max(round(block * depth / reference_depth), 1), depth) - 1
+    """0-based index of the block read for `block` (1-indexed, of a 12-block ViT, clamped to it): the same
+    relative depth, as the decoder's skip blocks (`gmml.skip_indices`)."""
+    return skip_indices([min(max(block, 1), reference_depth)], depth, reference_depth)[0]
 
 
 @torch.no_grad()

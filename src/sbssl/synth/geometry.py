@@ -175,7 +175,7 @@ class Deformation:
         k = d / np.linalg.norm(d, axis=1, keepdims=True) * (2 * np.pi / rng.uniform(*wavelength, (waves, 1)))
         amp = rng.standard_normal((waves, 3))
         amp *= amplitude / np.abs(amp).sum(0).max()
-        strain = (np.linalg.norm(amp, axis=1) * np.linalg.norm(k, axis=1)).sum()
+        strain = _strain(amp, k)
         amp *= min(1.0, 0.5 / max(strain, 1e-9))  # strain <= 0.5: the warp never folds tissue over itself
         return cls(k.astype(np.float32), rng.uniform(0, 2 * np.pi, waves).astype(np.float32),
                    amp.astype(np.float32))
@@ -188,11 +188,16 @@ class Deformation:
     @property
     def lipschitz(self) -> float:
         """An upper bound on how much the warp stretches distances (distances to a level scale by it)."""
-        return 1.0 + float((np.linalg.norm(self.amp, axis=1) * np.linalg.norm(self.k, axis=1)).sum())
+        return 1.0 + _strain(self.amp, self.k)
 
     def __call__(self, pts: Points) -> Points:
         arg = np.tensordot(self.k, pts, axes=1) + self.phase.reshape((-1,) + (1,) * (pts.ndim - 1))
         return pts + np.tensordot(self.amp.T, np.sin(arg), axes=1)
+
+
+def _strain(amp: np.ndarray, k: np.ndarray) -> float:
+    """A bound on the plane waves' displacement gradient: sum_i |a_i| |k_i|."""
+    return float((np.linalg.norm(amp, axis=1) * np.linalg.norm(k, axis=1)).sum())
 
 
 class Canvas:
