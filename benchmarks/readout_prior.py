@@ -32,13 +32,12 @@ from _common import record  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.data.cache import slice_cache_for  # noqa: E402
-from sbssl.data.preprocessing import Preprocessing  # noqa: E402
 from sbssl.engine.finetune import heldout_auc, heldout_probs, recalibrate_batch_norm  # noqa: E402
 from sbssl.engine.inference import slice_feature_table  # noqa: E402
 from sbssl.engine.probe import fit_readout  # noqa: E402
 from sbssl.engine.sampling import labelled_subset  # noqa: E402
 from sbssl.models.build import build_classifier  # noqa: E402
-from sbssl.models.encoder_file import apply_encoder_meta, encoder_init  # noqa: E402
+from sbssl.models.encoder_file import encoder_init  # noqa: E402
 
 STEPS = {"adamw": 600}  # the AdamW read-out of sessions 3-5 (finetune/demo's steps are L-BFGS iterations now)
 
@@ -50,14 +49,12 @@ def ints(s: str) -> list[int]:
 def frozen_model(encoder: str, blocks: int):
     """finetune/demo's classifier on `encoder`, cut after `blocks` blocks, in eval mode; its config and input
     preprocessing."""
-    cfg = load_config("finetune/demo", [f"init={encoder}"])
-    sd, meta, _ = encoder_init(encoder)
-    apply_encoder_meta(cfg, meta)
+    init = encoder_init(encoder)
+    cfg = init.configure(load_config("finetune/demo", [f"init={encoder}"]))
     torch.manual_seed(0)
-    model = build_classifier(cfg)
-    model.encoder.load_state_dict(sd)
+    model = build_classifier(cfg, init)
     model.encoder.blocks = model.encoder.blocks[:blocks]
-    return model, cfg, Preprocessing.from_meta(meta)
+    return model, cfg, init.preprocessing
 
 
 def main() -> None:

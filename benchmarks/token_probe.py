@@ -34,9 +34,9 @@ from sbssl.data.cache import slice_cache_for  # noqa: E402
 from sbssl.data.datasets import gather_exams  # noqa: E402
 from sbssl.data.preprocessing import Preprocessing  # noqa: E402
 from sbssl.engine.sampling import labelled_subset  # noqa: E402
-from sbssl.evaluate.metrics import auc_with_ci  # noqa: E402
+from sbssl.evaluation.metrics import auc_with_ci  # noqa: E402
 from sbssl.models.build import build_encoder  # noqa: E402
-from sbssl.models.encoder_file import apply_encoder_meta, encoder_init  # noqa: E402
+from sbssl.models.encoder_file import encoder_init  # noqa: E402
 from sbssl.models.gmml import skip_indices  # noqa: E402
 from sbssl.models.vit import block_outputs  # noqa: E402
 
@@ -106,15 +106,14 @@ def main() -> None:
     a = ap.parse_args()
     t0, root = time.perf_counter(), Path(a.data)
     cfg = load_config("finetune/cpu", ["data.task=acl", f"data.plane={a.plane}"])
-    sd, meta, _ = encoder_init(a.encoder)
-    apply_encoder_meta(cfg, meta)
-    pre = Preprocessing.from_meta(meta)
+    init = encoder_init(a.encoder)
+    cfg, pre = init.configure(cfg), init.preprocessing
     rows = []
     for weights in ("gmml",) if a.no_random else ("gmml", "random"):
         torch.manual_seed(0)
         enc = build_encoder(cfg).eval()
         if weights == "gmml":
-            enc.load_state_dict(sd)
+            init.load_into(enc)
         tr, ytr = tokens(enc, cfg, pre, root, "train", a.features)
         va, yva = tokens(enc, cfg, pre, root, "valid", a.features)
         for n in [int(v) for v in a.labels.split(",")]:

@@ -34,7 +34,7 @@ from sbssl.config import load_config  # noqa: E402
 from sbssl.demo import ARMS  # noqa: E402
 from sbssl.engine.finetune import finetune  # noqa: E402
 from sbssl.engine.pretrain import pretrain  # noqa: E402
-from sbssl.evaluate.report_files import compare_runs, load_metrics  # noqa: E402
+from sbssl.evaluation.report_files import compare_runs, load_metrics  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 from sbssl.utils.rundir import ENCODER, METRICS  # noqa: E402
 

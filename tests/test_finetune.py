@@ -17,10 +17,10 @@ from sbssl.config import load_config
 from sbssl.data.datasets import resample_index
 from sbssl.engine.finetune import choose_on_heldout, finetune
 from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
-from sbssl.evaluate.metrics import auc_with_ci, exam_metrics, paired_auc_difference
-from sbssl.evaluate.report_files import read_predictions
+from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_difference
+from sbssl.evaluation.report_files import read_predictions
 from sbssl.models.build import build_classifier
-from sbssl.models.encoder_file import apply_encoder_meta, encoder_init
+from sbssl.models.encoder_file import encoder_init
 from sbssl.models.slice_classifier import AGGREGATORS, InstanceAggregator, MRNetCNN, SliceClassifier
 from sbssl.models.vit import create_encoder
 
@@ -186,14 +186,12 @@ def test_end_to_end_files_and_ensemble_average(ft_run: Path):
 
 def test_gmml_init_loads_the_pretrained_encoder(gmml_run: Path):
     init = encoder_init(str(gmml_run))
-    cfg = load_config(None, FT)
-    apply_encoder_meta(cfg, init[1])
+    cfg = init.configure(load_config(None, FT))
     assert (cfg.model.name, cfg.data.img_size, cfg.model.patch_size) == ("vit_tiny", 32, 8)
     torch.manual_seed(0)
     scratch = build_classifier(cfg)
     torch.manual_seed(0)
-    loaded = build_classifier(cfg)
-    loaded.encoder.load_state_dict(init[0])
+    loaded = build_classifier(cfg, init)
     sd = load_file(gmml_run / "encoder.safetensors")
     assert torch.equal(loaded.encoder.blocks[3].attn.qkv.weight, sd["blocks.3.attn.qkv.weight"])
     assert not torch.equal(loaded.encoder.blocks[3].attn.qkv.weight, scratch.encoder.blocks[3].attn.qkv.weight)
@@ -235,13 +233,19 @@ def test_config_stays_as_asked_and_the_preprocessing_record_travels(ft_run: Path
     default = load_config(None)
     assert (asked.data.mean, asked.data.std) == (default.data.mean, default.data.std)  # nothing derived written
     assert str(asked.init) == str(gmml_run) and asked.data.root == default.data.root  # back into the config
-    _, meta, path = encoder_init(str(gmml_run))
-    pre = Preprocessing.from_meta(meta)
+    init = encoder_init(str(gmml_run))
+    pre, path = init.preprocessing, init.path
     assert pre.mean > 0 and pre.std > 0  # the pretraining set's statistics, decided once
     rec = json.loads((ft_run / "run.json").read_text())
     assert Preprocessing.from_dict(rec["preprocessing"]) == pre and rec["init"] == f"gmml:{path}"
     ens = load_ensemble(ft_run)
     assert ens.pre == pre and ens.init == rec["init"]
+    # the encoder's architecture is a record of its own (run.json), read back to rebuild; the config is as asked
+    assert (asked.model.depth, asked.model.patch_size, asked.data.img_size) == (
+        default.model.depth, default.model.patch_size, default.data.img_size) != (4, 8, 32)
+    assert rec["architecture"]["model"] == {"name": "vit_tiny", "patch_size": 8, "in_chans": 1, "stem": "patch",
+                                            "depth": 4}
+    assert (ens.cfg.model.depth, ens.cfg.model.patch_size, ens.cfg.data.img_size) == (4, 8, 32)
     meta0 = safe_open_meta(ft_run / "model-0.safetensors")
     assert Preprocessing.from_dict(json.loads(meta0["preprocessing"])) == pre
 

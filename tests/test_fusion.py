@@ -12,7 +12,7 @@ import pytest
 
 from sbssl.config import load_config
 from sbssl.data.layout import PLANES
-from sbssl.evaluate.fusion import ensemble_probs, fused_probability
+from sbssl.evaluation.fusion import ensemble_probs, fused_probability
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 
@@ -104,7 +104,7 @@ def test_fuse_refuses_runs_that_cannot_be_fused(plane_runs: dict[str, Path], tmp
 
 def test_predict_with_a_fused_model_takes_the_three_series(plane_runs: dict[str, Path], tiny_set: Path,
                                                            tmp_path: Path):
-    from sbssl.evaluate.fusion import fuse
+    from sbssl.evaluation.fusion import fuse
 
     fuse([plane_runs[p] for p in PLANES], tmp_path / "fused")  # the call behind `sbssl fuse` (its CLI: above)
     inp = tmp_path / "exams"

@@ -288,11 +288,11 @@ def test_encoder_file_survives_damage(blob: bytes):
     with tempfile.TemporaryDirectory() as tmp:
         path = _write(tmp, "encoder.safetensors", blob)
         try:
-            sd, meta, _ = encoder_init(str(path))
+            init = encoder_init(str(path))
         except SbsslError as e:
             assert "\n" not in str(e) and str(path) in str(e)
             return
-        assert meta["format"] == "sbssl-gmml-encoder" and isinstance(sd, dict)
+        assert init.meta["format"] == "sbssl-gmml-encoder" and isinstance(init.weights, dict)
 
 
 def test_pickled_pt_as_encoder_is_refused_unexecuted(tmp_path: Path):

@@ -78,15 +78,14 @@ def test_conv_stem_gives_one_token_per_patch_and_trains():
 
 
 def test_roi_and_stem_travel_with_the_encoder(gmml_roi_run: Path):
-    sd, meta, _ = encoder_init(str(gmml_roi_run))
-    assert (meta["crop"], meta["slab"], meta["stem"]) == ("0.5", "0.6", "conv")
-    cfg = load_config(None, [f"init={gmml_roi_run}"])
-    from sbssl.models.encoder_file import apply_encoder_meta
-
-    apply_encoder_meta(cfg, meta)
+    init = encoder_init(str(gmml_roi_run))
+    assert (init.meta["crop"], init.meta["slab"], init.meta["stem"]) == ("0.5", "0.6", "conv")
+    asked = load_config(None, [f"init={gmml_roi_run}"])
+    cfg = init.configure(asked)
     assert (cfg.data.crop, cfg.data.slab, cfg.model.stem) == (0.5, 0.6, "conv")
-    model = build_classifier(cfg)
-    model.encoder.load_state_dict(sd)
+    assert (asked.data.crop, asked.model.stem) == (load_config().data.crop, load_config().model.stem)  # untouched
+    model = build_classifier(cfg, init)
+    assert torch.equal(model.encoder.patch_embed.proj[0].weight, init.weights["patch_embed.proj.0.weight"])
 
 
 @pytest.mark.parametrize(("aggregator", "schedule"), [("max", ["train.epochs=3"]), ("instance", ["train.epochs=3"]),
@@ -102,7 +101,7 @@ def test_linear_probe_keeps_the_encoder_and_predict_applies_the_roi(gmml_roi_run
     read_out_only = "train.epochs=0" in schedule  # nothing to choose: every labelled exam fits the read-out
     assert (len(split["held_out"]) == 0) == read_out_only
     assert len(split["fit"]) + len(split["held_out"]) == len(list_exams(tiny_set, "train"))
-    enc0, _, _ = encoder_init(str(gmml_roi_run))
+    enc0 = encoder_init(str(gmml_roi_run)).weights
     sd = load_file(str(out / "model-0.safetensors"))
     stats = ("running_mean", "running_var", "num_batches_tracked")
     for k, v in enc0.items():  # the encoder's weights are exactly the pretrained ones (its stem's batch-norm
@@ -223,7 +222,7 @@ def test_lp_ft_fits_the_readout_then_fine_tunes_everything(gmml_roi_run: Path, t
     assert [r["epoch"] for r in log] == [-1, 0] and log[0]["phase"] == "probe"
     assert 0.0 <= log[0]["heldout_auc"] <= 1.0
     sd = load_file(str(out / "model-0.safetensors"))
-    enc0, _, _ = encoder_init(str(gmml_roi_run))
+    enc0 = encoder_init(str(gmml_roi_run)).weights
     assert any(not torch.equal(sd[f"encoder.{k}"], v) for k, v in enc0.items() if v.is_floating_point())
     with pytest.raises(SbsslError, match="train.epochs"):
         load_config(None, ["train.epochs=0"])  # nothing would train
@@ -233,18 +232,14 @@ def test_batch_norm_recalibrated_on_clean_slices(gmml_roi_run: Path, tiny_set: P
     """GMML estimated the stem's statistics on corrupted inputs; fine-tuning re-estimates them on its own slices."""
     from sbssl.data.cache import slice_cache_for
     from sbssl.data.datasets import gather_index
-    from sbssl.data.preprocessing import Preprocessing
     from sbssl.engine.finetune import recalibrate_batch_norm
-    from sbssl.models.encoder_file import apply_encoder_meta
 
-    sd, meta, _ = encoder_init(str(gmml_roi_run))
-    cfg = load_config(None, [f"init={gmml_roi_run}", "finetune.slices=4"])
-    apply_encoder_meta(cfg, meta)
-    model = build_classifier(cfg)
-    model.encoder.load_state_dict(sd)
+    init = encoder_init(str(gmml_roi_run))
+    cfg = init.configure(load_config(None, [f"init={gmml_roi_run}", "finetune.slices=4"]))
+    model = build_classifier(cfg, init)
     cache, records = slice_cache_for(cfg, tiny_set, "train")
     exams = np.arange(len(records))
-    pre = Preprocessing.from_meta(meta)
+    pre = init.preprocessing
     recalibrate_batch_norm(model, cache, exams, pre, "cpu")
     rows = np.unique(gather_index(cache, exams, model.slices)[0])
     x = pre.normalise(torch.from_numpy(cache.data[rows])[:, None])
@@ -253,5 +248,6 @@ def test_batch_norm_recalibrated_on_clean_slices(gmml_roi_run: Path, tiny_set: P
         h = conv(x)
     assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-4)
     assert torch.allclose(bn.running_var, h.var((0, 2, 3)), rtol=1e-2, atol=1e-4)
+    sd = init.weights
     assert not torch.allclose(bn.running_mean, sd["patch_embed.proj.1.running_mean"], atol=1e-3)
     assert torch.equal(bn.weight, sd["patch_embed.proj.1.weight"]) and bn.momentum == 0.1

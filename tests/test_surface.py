@@ -67,7 +67,7 @@ def test_predict_every_input_kind_sorted_with_a_broken_one(ft_run: Path, tiny_se
         assert (tmp_path / "out" / "overlays" / f"{r['case']}.png").exists()
     # the same exam through predict and through evaluate (the library call behind `sbssl evaluate`, whose CLI
     # test_finetune.py runs) gets the same probability
-    from sbssl.evaluate.scoring import evaluate_run
+    from sbssl.evaluation.scoring import evaluate_run
 
     evaluate_run(ft_run, tiny_set, "valid", tmp_path / "ev")
     evp = {r["case"]: float(r["probability"]) for r in

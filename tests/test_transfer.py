@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sbssl.evaluate.report_files import read_predictions
+from sbssl.evaluation.report_files import read_predictions
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
 

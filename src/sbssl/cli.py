@@ -225,7 +225,7 @@ def cmd_check(a: argparse.Namespace) -> None:
 def cmd_finetune(a: argparse.Namespace) -> None:
     cfg = _config(a)  # a config fault is reported before torch and Fabric are imported (seconds)
     from sbssl.engine.finetune import finetune
-    from sbssl.evaluate.report_files import load_metrics
+    from sbssl.evaluation.report_files import load_metrics
 
     out = finetune(cfg, _data_root(a, cfg), _out(a), overwrite=a.overwrite, resume=a.resume)
     m = load_metrics(out)
@@ -234,7 +234,7 @@ def cmd_finetune(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from sbssl.evaluate.scoring import evaluate_run
+    from sbssl.evaluation.scoring import evaluate_run
 
     if a.overrides:
         raise SbsslError("evaluate: the model's own config is used; overrides are not accepted")
@@ -245,7 +245,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_fuse(a: argparse.Namespace) -> None:
-    from sbssl.evaluate.fusion import fuse
+    from sbssl.evaluation.fusion import fuse
     from sbssl.utils.rundir import prepare_out
 
     out = Path(a.out)
@@ -277,7 +277,7 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from sbssl.evaluate.report_files import compare_runs
+    from sbssl.evaluation.report_files import compare_runs
 
     r = compare_runs(Path(a.run_a), Path(a.run_b), Path(a.out or a.run_a), a.reps)
     print(f"AUC {r['auc_a']:.3f} vs {r['auc_b']:.3f}: difference {r['difference']:+.3f} "

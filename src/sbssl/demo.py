@@ -44,7 +44,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str]
     from sbssl.data.check import check_dataset
     from sbssl.engine.finetune import finetune
     from sbssl.engine.pretrain import pretrain
-    from sbssl.evaluate.report_files import compare_runs, load_metrics
+    from sbssl.evaluation.report_files import compare_runs, load_metrics
     from sbssl.explain import explain
     from sbssl.report import build_report
     from sbssl.synth import SynthSpec, generate

@@ -132,13 +132,11 @@ def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int
     """Overlays for n exams of a split: the most and the least suspicious by the ensemble."""
     from sbssl.data.cache import slice_cache_for
     from sbssl.data.datasets import gather_exams
-    from sbssl.engine.inference import load_ensemble, predict_probs
+    from sbssl.engine.inference import load_ensemble
 
     ens = load_ensemble(model_dir, device)
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
-    exams = np.arange(len(records))
-    p = np.mean([predict_probs(m, cache, exams, ens.pre, device, ens.cfg.finetune.batch_exams) for m in ens.models],
-                0)
+    p = ens.member_probs(cache, np.arange(len(records))).mean(0)  # as `predict` and `evaluate` score
     order = np.argsort(-p, kind="stable")
     chosen = list(dict.fromkeys([*order[: (n + 1) // 2].tolist(), *order[::-1][: n // 2].tolist()]))[:n]
     paths = []

@@ -16,10 +16,9 @@ from sbssl.data.cache import SliceCache
 from sbssl.data.datasets import gather_exams
 from sbssl.data.layout import ROI_FILE, case_key, read_roi_boxes
 from sbssl.data.volume_io import case_id, is_volume_path, load_volume
-from sbssl.engine.inference import Ensemble, compile_for_inference, load_ensemble, predict_probs
-from sbssl.engine.runtime import inference_bf16
+from sbssl.engine.inference import Ensemble, compile_for_inference, load_ensemble
 from sbssl.errors import DataError, SbsslError
-from sbssl.evaluate.report_files import write_member_predictions, write_predictions
+from sbssl.evaluation.report_files import write_member_predictions, write_predictions
 from sbssl.explain import explain_exam
 from sbssl.utils.rundir import FUSION, PREDICTIONS
 
@@ -64,10 +63,9 @@ def exam_cache(vol: np.ndarray, ens: Ensemble, name: str, box: tuple[int, ...] |
     return SliceCache(u8, np.array([0, len(u8)]), [name], ens.pre.mean, ens.pre.std)
 
 
-def exam_probability(ens: Ensemble, cache: SliceCache, device: str, bf16: bool, scorers=None) -> float:
+def exam_probability(ens: Ensemble, cache: SliceCache, scorers=None) -> float:
     """The ensemble-mean P(positive) of a one-exam cache (`scorers`: the members, compiled or not)."""
-    return float(np.mean([predict_probs(m, cache, np.array([0]), ens.pre, device, 1, bf16)[0]
-                          for m in scorers or ens.models]))
+    return float(ens.member_probs(cache, np.array([0]), scorers).mean())
 
 
 def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
@@ -77,7 +75,6 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
     if (Path(model_dir) / FUSION).is_file():
         return predict_fused(model_dir, inputs, out, device)
     ens = load_ensemble(model_dir, device)
-    bf16 = inference_bf16(device)
     scorers = [compile_for_inference(m) for m in ens.models] if compile else ens.models
     files = expand_inputs(inputs)
     if not files:
@@ -93,7 +90,7 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        p = exam_probability(ens, cache, device, bf16, scorers)
+        p = exam_probability(ens, cache, scorers)
         names.append(name)
         probs.append(p)
         if overlays:
@@ -132,17 +129,16 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
     fused probability (most probable first) and predictions_planes.csv; returns the number of failures."""
     import json
 
-    from sbssl.evaluate.fusion import fused_probability
+    from sbssl.evaluation.fusion import fused_probability
 
     fusion = json.loads((Path(model_dir) / FUSION).read_text())
     planes = list(fusion["planes"])
     runs = {pl: load_ensemble(Path(r), device) for pl, r in zip(planes, fusion["runs"], strict=True)}
-    bf16 = inference_bf16(device)
     exams, failed = plane_series(inputs, planes)
     names, per_plane = [], {pl: [] for pl in planes}
     for case, series in exams.items():
         try:
-            p = {pl: exam_probability(runs[pl], exam_cache(load_volume(series[pl]), runs[pl], case), device, bf16)
+            p = {pl: exam_probability(runs[pl], exam_cache(load_volume(series[pl]), runs[pl], case))
                  for pl in planes}
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)

@@ -179,7 +179,7 @@ def _grid(found: Found) -> dict | None:
 
 def _by_tear_type(found: Found) -> dict | None:
     """Sensitivity per ACL tear type, where the dataset ships findings (the synthetic set does)."""
-    from sbssl.evaluate.findings import TEAR_TYPES, read_findings, sensitivity_by_tear_type
+    from sbssl.evaluation.findings import TEAR_TYPES, read_findings, sensitivity_by_tear_type
 
     rows = []
     for run in found.finetune:

@@ -71,7 +71,7 @@ class Step:
 
             finetune(load_config(self.config, self.overrides), data, self.out, resume=self.out.exists())
         else:
-            from sbssl.evaluate.fusion import fuse
+            from sbssl.evaluation.fusion import fuse
 
             self.out.mkdir(parents=True, exist_ok=True)
             fuse(self.runs, self.out, data)

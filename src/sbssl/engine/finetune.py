@@ -43,9 +43,9 @@ from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
-from sbssl.evaluate.report_files import write_evaluation
+from sbssl.evaluation.report_files import write_evaluation
 from sbssl.models.build import build_classifier
-from sbssl.models.encoder_file import apply_encoder_meta, encoder_init
+from sbssl.models.encoder_file import PretrainedEncoder, encoder_init
 from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text, trim_jsonl
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, RUN, SPLIT, model_file
 
@@ -62,15 +62,15 @@ def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, re
 
 def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     rank0 = fabric.global_rank == 0
-    init = encoder_init(str(cfg.init))
+    asked, init = cfg, encoder_init(str(cfg.init))
     if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
-        apply_encoder_meta(cfg, init[1])
+        cfg = init.configure(asked)
         if rank0 and str(cfg.init).startswith("builtin:") and synth_family(root) != "demo":
             log.warning("%s: the shipped encoder was pretrained on the demo's synthetic knees and barely transfers "
                         "to data of another kind (benchmarks/transfer.py); pretrain on this folder's own slices "
                         "first: sbssl pretrain --config pretrain/cpu --data %s --out DIR, then init=DIR", root, root)
     cache, records = slice_cache_for(cfg, root, "train", fabric)
-    pre = (replace(Preprocessing.from_meta(init[1]), roi=str(cfg.data.roi)) if init is not None
+    pre = (replace(init.preprocessing, roi=str(cfg.data.roi)) if init is not None
            else Preprocessing.from_config(cfg, cache.mean, cache.std))
     labels = np.array([r.label for r in records])
     if len(np.unique(labels)) < 2:
@@ -81,9 +81,10 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     else:  # nothing to choose, or too few exams to choose by: every labelled exam fits (9 positives in 50, not 7)
         fit, held = used, used[:0]
     if rank0:
-        atomic_write_text(out / CONFIG, to_yaml(cfg))
+        atomic_write_text(out / CONFIG, to_yaml(asked))  # as the user asked; what the encoder set is in run.json
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
-                                      "init": f"gmml:{init[2]}" if init is not None else "scratch"})
+                                      "init": f"gmml:{init.path}" if init is not None else "scratch",
+                                      "architecture": init.architecture() if init is not None else {}})
         atomic_write_text(out / SPLIT, json.dumps({"fit": [records[i].case for i in fit],
                                                   "held_out": [records[i].case for i in held]}) + "\n")
     for m in range(cfg.finetune.ensemble):
@@ -99,7 +100,7 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         fabric.barrier()
     if rank0:  # the valid split, scored once; metrics.json is the run's finished marker
         ens = load_ensemble(out, fabric.device)
-        write_evaluation(out, ens.cfg, "valid", *score_split(ens, root, "valid", fabric.device), ens.seeds, ens.init)
+        write_evaluation(out, ens.cfg, "valid", *score_split(ens, root, "valid"), ens.seeds, ens.init)
     fabric.barrier()
     return out
 
@@ -114,15 +115,14 @@ def choose_on_heldout(cfg: DictConfig, y: np.ndarray) -> bool:
 
 
 def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.ndarray, fit: np.ndarray,
-                 held: np.ndarray, seed: int, init, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+                 held: np.ndarray, seed: int, init: PretrainedEncoder | None, out: Path
+                 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Train one ensemble member; returns the weights of its best held-out epoch (without a held-out part, its
     last)."""
     rank, world = fabric.global_rank, fabric.world_size
     seed_everything(seed + rank, cfg.train.deterministic)
     torch.manual_seed(seed)
-    model = build_classifier(cfg)
-    if init is not None:
-        model.encoder.load_state_dict(init[0])
+    model = build_classifier(cfg, init)
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
     read = np.concatenate([fit, held])  # every exam this member reads: its slices feed statistics and tables

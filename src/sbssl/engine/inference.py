@@ -16,14 +16,15 @@ from sbssl.data.datasets import gather_exams, gather_index
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
-from sbssl.models.encoder_file import read_safetensors
+from sbssl.models.encoder_file import read_safetensors, with_architecture
 from sbssl.models.slice_classifier import SliceClassifier
 from sbssl.utils.rundir import CONFIG, RUN
 
 
 @dataclass
 class Ensemble:
-    """A fine-tuned run: its config, preprocessing record, one model per member seed, where it started from."""
+    """A fine-tuned run: its config (as trained: the user's with the encoder's architecture), preprocessing
+    record, one model per member seed, where it started from."""
 
     cfg: DictConfig
     models: list[SliceClassifier]
@@ -31,23 +32,37 @@ class Ensemble:
     pre: Preprocessing
     init: str = "scratch"  # "gmml:<encoder path>" or "scratch"
     root: str = ""  # the dataset it was trained on
+    device: str = "cpu"
+
+    def member_probs(self, cache: SliceCache, exams: np.ndarray, scorers: list | None = None) -> np.ndarray:
+        """Every member's P(positive) for these exams of `cache`, (members, exams): the one way an ensemble
+        scores (evaluate, predict, explain, fusion, the Python API), under one precision rule: bf16 autocast
+        where the device runs it fast (`runtime.inference_bf16`), fp32 elsewhere. `scorers`: the members
+        compiled (`compile_for_inference`)."""
+        from sbssl.engine.runtime import inference_bf16
+
+        bf16 = inference_bf16(self.device)
+        return np.stack([predict_probs(m, cache, np.asarray(exams), self.pre, self.device,
+                                       self.cfg.finetune.batch_exams, autocast=bf16) for m in scorers or self.models])
 
 
 def read_run_record(run: Path, cfg: DictConfig) -> dict:
-    """run.json; a run written before it existed keeps these in its config.yaml."""
+    """run.json; a run written before it existed keeps these in its config.yaml (the encoder's architecture
+    merged in, as runs then saved it)."""
     path = Path(run) / RUN
     if path.is_file():
         try:
             rec = json.loads(path.read_text())
             return {"pre": Preprocessing.from_dict(rec["preprocessing"]), "init": rec.get("init", "scratch"),
-                    "root": rec.get("root", "")}
+                    "root": rec.get("root", ""), "architecture": dict(rec.get("architecture", {}))}
         except (ValueError, KeyError, TypeError) as e:
             raise SbsslError(f"{path}: damaged run record ({type(e).__name__})") from None
     return {"pre": Preprocessing.from_config(cfg, cfg.data.mean, cfg.data.std), "init": str(cfg.init),
-            "root": str(cfg.data.get("root", "") or "")}
+            "root": str(cfg.data.get("root", "") or ""), "architecture": {}}
 
 
 def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
+    """A fine-tuned run folder's members, rebuilt from its config.yaml and the architecture record in run.json."""
     run = Path(run)
     cfg_path = run / CONFIG
     if not cfg_path.is_file():
@@ -56,7 +71,11 @@ def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
         saved = OmegaConf.load(cfg_path)
     except Exception as e:  # YAML and OmegaConf raise many types for a damaged file
         raise SbsslError(f"{cfg_path}: unreadable run config ({str(e).splitlines()[0][:100]})") from None
-    cfg = load_config(None, None, base=saved)
+    rec = read_run_record(run, load_config(None, None, base=saved))
+    try:
+        cfg = with_architecture(load_config(None, None, base=saved), rec.pop("architecture"))
+    except Exception as e:  # a hand-edited record: unknown keys, wrong types
+        raise SbsslError(f"{run / RUN}: damaged architecture record ({str(e).splitlines()[0][:100]})") from None
     files = sorted(run.glob("model-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
     if not files:
         raise SbsslError(f"{run}: no model-<seed>.safetensors (is the fine-tuning finished?)")
@@ -70,7 +89,7 @@ def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
             raise SbsslError(f"{f}: weights do not fit the run's config ({str(e).splitlines()[0][:100]})") from None
         models.append(model.to(device).eval())
         seeds.append(int(f.stem.split("-")[1]))
-    return Ensemble(cfg, models, seeds, **read_run_record(run, cfg))
+    return Ensemble(cfg, models, seeds, **rec, device=str(device))
 
 
 class FrozenCompiled(torch.nn.Module):
@@ -148,12 +167,10 @@ def predict_probs(model, cache: SliceCache, exams: np.ndarray, pre: Preprocessin
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def score_split(ens: Ensemble, root: Path, split: str, device="cpu", cases: list[str] | None = None
-                ) -> tuple[list, np.ndarray]:
+def score_split(ens: Ensemble, root: Path, split: str, cases: list[str] | None = None) -> tuple[list, np.ndarray]:
     """(the split's exam records, every member's P(positive) as (members, exams)); with `cases`, only those
     exams, in that order."""
     from sbssl.data.cache import slice_cache_for
-    from sbssl.engine.runtime import inference_bf16
 
     cache, records = slice_cache_for(ens.cfg, Path(root), split)
     exams = np.arange(len(records))
@@ -164,10 +181,7 @@ def score_split(ens: Ensemble, root: Path, split: str, device="cpu", cases: list
             raise SbsslError(f"exam {missing[0]} of the {split} split not found under {root}")
         exams = np.array([where[c] for c in cases], dtype=int)
         records = [records[i] for i in exams]
-    bf16 = inference_bf16(device)
-    probs = np.stack([predict_probs(m, cache, exams, ens.pre, device, ens.cfg.finetune.batch_exams, autocast=bf16)
-                      for m in ens.models])
-    return records, probs
+    return records, ens.member_probs(cache, exams)
 
 
 def config_json(cfg: DictConfig) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from sbssl.models.encoder_file import PretrainedEncoder
 from sbssl.models.gmml import GMMLAutoencoder
 from sbssl.models.slice_classifier import MRNetCNN, SliceClassifier
 from sbssl.models.vit import create_encoder, set_slice_feature
@@ -19,8 +20,14 @@ def build_gmml(cfg: DictConfig) -> GMMLAutoencoder:
                            cfg.model.grad_checkpointing)
 
 
-def build_classifier(cfg: DictConfig) -> SliceClassifier:
-    """A ViT (its slice feature set by `finetune.slice_feature`) or the MRNet CNN, under the aggregator and head."""
+def build_classifier(cfg: DictConfig, encoder: PretrainedEncoder | None = None) -> SliceClassifier:
+    """A ViT (its slice feature set by `finetune.slice_feature`) or the MRNet CNN, under the aggregator and head;
+    with `encoder`, its pretrained weights loaded (`cfg` configured by `encoder.configure`). The one way a
+    pretrained encoder enters a classifier: fine-tuning, the benchmarks and `sbssl.load_encoder` use it."""
+    if encoder is not None:
+        model = build_classifier(cfg)
+        encoder.load_into(model.encoder)
+        return model
     m = cfg.model
     if m.name == "mrnet_cnn":  # MRNet: max over slices, one linear layer
         return SliceClassifier(MRNetCNN(m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices, linear_head=True)

@@ -5,6 +5,8 @@ by fine-tuning as `init=RUN|PATH|builtin:NAME`.
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -51,8 +53,54 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise SbsslError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
 
 
-def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Path] | None:
-    """`scratch` -> None; a GMML run folder or encoder.safetensors -> (weights, metadata, path)."""
+@dataclass(frozen=True)
+class PretrainedEncoder:
+    """A GMML encoder file read back: its weights (fp32), the metadata that rebuilds it, where it came from."""
+
+    weights: dict[str, torch.Tensor]
+    meta: dict[str, str]
+    path: Path
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The input preparation the encoder learnt on (its region of interest and intensity scaling)."""
+        return Preprocessing.from_meta(self.meta)
+
+    def architecture(self) -> dict[str, dict]:
+        """The model and input-geometry keys a classifier must take from the encoder, as a config fragment; the
+        intensity scaling travels in the preprocessing record. Encoders written before `depth` existed have the
+        named model's depth (0); before the region of interest existed, they saw the whole field (1.0)."""
+        m = self.meta
+        return {"model": {"name": m["name"], "patch_size": int(m["patch_size"]), "in_chans": int(m["in_chans"]),
+                          "stem": m.get("stem", "patch"), "depth": int(m.get("depth", 0))},
+                "data": {"img_size": int(m["img_size"]), "crop": float(m.get("crop", 1.0)),
+                         "slab": float(m.get("slab", 1.0))}}
+
+    def configure(self, cfg: DictConfig) -> DictConfig:
+        """A copy of `cfg` with the encoder's architecture (the user's `cfg` is left as asked). data.roi stays
+        the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale."""
+        return with_architecture(cfg, self.architecture())
+
+    def load_into(self, encoder: torch.nn.Module) -> torch.nn.Module:
+        """These weights into an encoder built from `configure`d config; a mismatch is one line naming the file."""
+        try:
+            encoder.load_state_dict(self.weights)
+        except RuntimeError as e:
+            raise SbsslError(f"{self.path}: weights do not fit the encoder ({str(e).splitlines()[0][:100]})") from None
+        return encoder
+
+
+def with_architecture(cfg: DictConfig, arch: dict) -> DictConfig:
+    """A copy of `cfg` with an architecture record (`PretrainedEncoder.architecture`, a run's `run.json`) merged."""
+    out = copy.deepcopy(cfg)
+    for section, keys in arch.items():
+        for k, v in keys.items():
+            out[section][k] = v
+    return out
+
+
+def encoder_init(init: str) -> PretrainedEncoder | None:
+    """`scratch` -> None; `builtin:NAME`, a GMML run folder or its encoder.safetensors -> the encoder, checked."""
     if init in ("", "scratch", "random"):
         return None
     if init.startswith("builtin:"):
@@ -67,23 +115,21 @@ def encoder_init(init: str) -> tuple[dict[str, torch.Tensor], dict[str, str], Pa
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # shipped encoders are fp16
     if meta.get("format") != FORMAT:
         raise SbsslError(f"{path}: not a GMML encoder written by `sbssl pretrain`")
+    enc = PretrainedEncoder(sd, meta, path)
     try:  # every field present and of the right type
-        apply_encoder_meta(load_config(), meta)
-        Preprocessing.from_meta(meta)
+        enc.configure(load_config())
+        enc.preprocessing  # noqa: B018
     except (KeyError, ValueError, SbsslError) as e:
         raise SbsslError(f"{path}: damaged encoder metadata ({type(e).__name__}: {str(e)[:80]})") from None
-    return sd, meta, path
+    return enc
 
 
-def apply_encoder_meta(cfg: DictConfig, meta: dict[str, str]) -> None:
-    """Fine-tuning takes the pretrained encoder's architecture and the input geometry it learnt at (its
-    intensity scaling travels in the preprocessing record, `Preprocessing.from_meta`)."""
-    cfg.model.name, cfg.model.patch_size = meta["name"], int(meta["patch_size"])
-    cfg.model.in_chans, cfg.data.img_size = int(meta["in_chans"]), int(meta["img_size"])
-    cfg.model.stem = meta.get("stem", "patch")
-    cfg.model.depth = int(meta.get("depth", 0))  # encoders written before the key existed have the named depth
-    # The region of interest sets the scale the encoder learnt at; encoders written before it existed saw it all.
-    cfg.data.crop, cfg.data.slab = float(meta.get("crop", 1.0)), float(meta.get("slab", 1.0))
-    # data.roi stays the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale.
+def load_encoder(name_or_path: str | Path) -> tuple[VisionTransformer, Preprocessing]:
+    """The pretrained encoder (`builtin:cpu`, an encoder file or a GMML run folder), built as it was trained and
+    in eval mode, with the preprocessing its inputs need (`Preprocessing.prepare`, then `.normalise`)."""
+    from sbssl.models.build import build_encoder
 
-
+    enc = encoder_init(str(name_or_path))
+    if enc is None:
+        raise SbsslError(f"load_encoder: {name_or_path!r} names no pretrained encoder")
+    return enc.load_into(build_encoder(enc.configure(load_config()))).eval(), enc.preprocessing

@@ -64,3 +64,10 @@ def masked_l1(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     """Paper eq. 2: L1 over the corrupted pixels only, averaged over them (or over `count` of them)."""
     m = mask.to(recon.dtype).expand_as(recon)
     return ((recon - target).abs() * m).sum() / (m.sum() if count is None else count).clamp(min=1.0)
+
+
+class MaskedL1Loss(nn.Module):
+    """`masked_l1` as a module, for a training loop of one's own: `loss(recon, target, mask)`."""
+
+    def forward(self, recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_l1(recon, target, mask)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sbssl.evaluate.metrics import exam_metrics
+from sbssl.evaluation.metrics import exam_metrics
 from sbssl.utils.io import atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import COMPARE, COMPARE_PLOT, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC
 
@@ -88,7 +88,7 @@ def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.n
 def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
     """Paired bootstrap of AUC(a) - AUC(b) on the exams both runs scored."""
     from sbssl.errors import SbsslError
-    from sbssl.evaluate.metrics import paired_auc_difference
+    from sbssl.evaluation.metrics import paired_auc_difference
 
     pa, pb = Path(run_a) / PREDICTIONS, Path(run_b) / PREDICTIONS
     for p in (pa, pb):

@@ -28,7 +28,7 @@ def read_findings(root: Path, split: str) -> dict[int, dict[str, str]] | None:
 def sensitivity_by_tear_type(predictions: Path, findings: dict[int, dict[str, str]], threshold: float = 0.5
                              ) -> dict[str, tuple[float, int]]:
     """tear type -> (share of those exams called positive at the threshold, number of exams)."""
-    from sbssl.evaluate.report_files import read_predictions
+    from sbssl.evaluation.report_files import read_predictions
 
     cases, prob, label = read_predictions(predictions)  # label -1 where unknown: never counted
     kinds = np.array([findings.get(int(c), {}).get("acl_tear", "") if c.isdigit() else "" for c in cases])

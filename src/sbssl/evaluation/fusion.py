@@ -15,8 +15,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from sbssl.errors import SbsslError
-from sbssl.evaluate.metrics import exam_metrics
-from sbssl.evaluate.report_files import roc_plot, write_member_predictions, write_predictions
+from sbssl.evaluation.metrics import exam_metrics
+from sbssl.evaluation.report_files import roc_plot, write_member_predictions, write_predictions
 from sbssl.utils.io import atomic_write_json
 from sbssl.utils.rundir import CONFIG, FUSION, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC, SPLIT, run_root
 
@@ -41,7 +41,7 @@ def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = 
     """(cases, labels, ensemble-mean probability) of a run on a split, for the given cases (default: all)."""
     from sbssl.engine.inference import load_ensemble, score_split
 
-    records, probs = score_split(load_ensemble(run, device), root, split, device, cases)
+    records, probs = score_split(load_ensemble(run, device), root, split, cases)
     return [r.case for r in records], np.array([r.label for r in records]), probs.mean(0)
 
 
