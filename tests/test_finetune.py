@@ -250,6 +250,17 @@ def test_config_stays_as_asked_and_the_preprocessing_record_travels(ft_run: Path
     assert Preprocessing.from_dict(json.loads(meta0["preprocessing"])) == pre
 
 
+def test_every_member_logs_its_steps_as_csv(ft_run: Path):
+    from .test_pretrain import assert_logs_match
+
+    records = [json.loads(line) for line in (ft_run / "log.jsonl").read_text().splitlines()]
+    for seed in (0, 1):
+        mine = [r for r in records if r["member"] == seed]
+        assert len(mine) == 2  # FT: two epochs, no read-out first
+        assert_logs_match(ft_run, f"member-{seed}", mine, tensorboard=False)
+    assert not (ft_run / "logs" / "tensorboard").exists()  # csv alone by default
+
+
 def safe_open_meta(path: Path) -> dict:
     from safetensors import safe_open
 

@@ -63,7 +63,8 @@ def test_skip_blocks_are_the_configured_ones(monkeypatch):
 
 def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
     out = tmp_path / "pre"
-    pretrain(load_config(None, TINY + ["train.epochs=4"]), tiny_set, out)
+    logs = ["trainer.loggers=[csv,tensorboard]"]
+    pretrain(load_config(None, TINY + ["train.epochs=4", *logs]), tiny_set, out)
     losses = _losses(out)
     assert losses[-1] < 0.8 * losses[0], losses
     for f in ("config.yaml", "log.jsonl", "checkpoints/last.pt", "encoder.safetensors", "recon/epoch_0004.png"):
@@ -86,8 +87,9 @@ def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
     before = load_file(out / "encoder.safetensors")
     with pytest.raises(SbsslError, match="larger train.epochs"):
         pretrain(load_config(None, TINY + ["train.epochs=4"]), tiny_set, out, resume=True)
-    pretrain(load_config(None, TINY + ["train.epochs=5"]), tiny_set, out, resume=True)
+    pretrain(load_config(None, TINY + ["train.epochs=5", *logs]), tiny_set, out, resume=True)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert_logs_match(out, "pretrain", records)
     assert [r["loss"] for r in records[:4]] == losses and len(records) == 5
     assert records[4]["step"] == 5 * records[0]["step"] and records[4]["loss"] < 0.9 * losses[0]
     assert OmegaConf.load(out / "config.yaml").train.epochs == 5
@@ -177,3 +179,29 @@ def test_pretraining_on_all_planes(tiny_set: Path, tmp_path: Path):
         (generic / f.name).write_bytes(f.read_bytes())
     with pytest.raises(SbsslError, match="needs an MRNet folder"):
         pretrain(load_config(None, over), generic, tmp_path / "g")
+
+
+def assert_logs_match(out: Path, name: str, records: list[dict], tensorboard: bool = True) -> None:
+    """The CSV (and TensorBoard) logs hold every optimiser step once and every epoch of log.jsonl, same numbers."""
+    import csv
+
+    rows = list(csv.DictReader((out / "logs" / "csv" / name / "metrics.csv").open()))
+    steps = [int(r["step"]) for r in rows if r["train/loss"]]
+    assert steps == list(range(1, records[-1]["step"] + 1))  # each update once, resumed or not
+    epochs = [r for r in rows if r["epoch/loss"]]
+    assert [int(r["step"]) for r in epochs] == [r["step"] for r in records]
+    assert [float(r["epoch/loss"]) for r in epochs] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+    assert [float(r["epoch/lr"]) for r in epochs] == pytest.approx([r["lr"] for r in records], rel=1e-6)
+    by_step = {int(r["step"]): r for r in rows if r["train/loss"]}
+    for rec in records:  # the epoch's last update logged the lr and weight decay the epoch record holds
+        assert float(by_step[rec["step"]]["train/lr"]) == pytest.approx(rec["lr"], rel=1e-6)
+        assert float(by_step[rec["step"]]["train/wd"]) == pytest.approx(rec["wd"], rel=1e-6)
+    if tensorboard:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        ea = EventAccumulator(str(out / "logs" / "tensorboard" / name))
+        ea.Reload()
+        ev = ea.Scalars("epoch/loss")
+        assert [e.step for e in ev] == [r["step"] for r in records]
+        assert [e.value for e in ev] == pytest.approx([r["loss"] for r in records], rel=1e-5)
+        assert [e.step for e in ea.Scalars("train/loss")] == steps

@@ -87,13 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, default=10, help="the block whose attention is shown (1-indexed)")
 
     p = sub.add_parser("predict", help="exam-level probabilities for new exams")
-    p.add_argument("--model", required=True, help="a fine-tuned run folder")
+    p.add_argument("--model", required=True, help="a fine-tuned run folder, or one exported by `sbssl export`")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default="auto",
+                   help="auto: onnxruntime for an exported folder, PyTorch for a run folder")
     p.add_argument("inputs", nargs="+", help=".npy, .nii/.nii.gz, DICOM series folders, or folders of them")
     p.add_argument("--out", required=True)
     p.add_argument("--no-overlays", action="store_true")
     p.add_argument("--block", type=int, default=10)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the ensemble first (~20 s once per model; ~1.5x faster per exam on CPU)")
+
+    p = sub.add_parser("export", help="a fine-tuned ensemble as one ONNX graph (dynamic slice count) + JSON")
+    p.add_argument("--model", required=True, help="a fine-tuned run folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("report", help="a self-contained report.html from run folders")
     p.add_argument("runs", nargs="+", help="run folders (or a folder holding several)")
@@ -297,10 +305,20 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from sbssl.predict import predict
 
     failed = predict(Path(a.model), [Path(p) for p in a.inputs], Path(a.out), overlays=not a.no_overlays,
-                     block=a.block, compile=a.compile)
+                     block=a.block, compile=a.compile, runtime=a.runtime)
     print(f"predictions: {Path(a.out) / 'predictions.csv'}")
     if failed:
         raise SystemExit(2)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from sbssl.export import GRAPH, export_onnx
+    from sbssl.utils.rundir import prepare_out
+
+    out = Path(a.out)
+    prepare_out(out, a.overwrite, marker=GRAPH)
+    export_onnx(Path(a.model), out)
+    print(f"exported: {out / GRAPH}")
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -331,7 +349,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 COMMANDS = {"synth": cmd_synth, "import": cmd_import, "check": cmd_check, "pretrain": cmd_pretrain,
             "finetune": cmd_finetune, "evaluate": cmd_evaluate, "compare": cmd_compare, "fuse": cmd_fuse,
-            "reproduce": cmd_reproduce, "explain": cmd_explain, "predict": cmd_predict, "report": cmd_report,
+            "reproduce": cmd_reproduce, "explain": cmd_explain, "predict": cmd_predict, "export": cmd_export,
+            "report": cmd_report,
             "demo": cmd_demo}
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sbssl.data.layout import ALL_PLANES, PLANES, ROI_MODES, TASKS
+from sbssl.engine.run_log import LOGGERS
 from sbssl.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -93,6 +94,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"  # auto = bf16-mixed where the hardware has it, else 32-true
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # + tensorboard (engine/run_log.py), or []
 
 
 @dataclass
@@ -226,6 +228,9 @@ def validate(cfg: DictConfig) -> None:
         ("finetune.probe_l2", cfg.finetune.probe_l2 >= 0, ">= 0"),
         ("finetune.labels", cfg.finetune.labels == 0 or cfg.finetune.labels >= 4, "0 (all) or >= 4"),
     ]
+    unknown = [v for v in cfg.trainer.loggers if v not in LOGGERS]
+    if unknown:
+        raise ConfigError(f"config: trainer.loggers has {unknown[0]!r}: want a list of {', '.join(LOGGERS)}")
     for key, ok, want in checks:
         if not ok:
             raise ConfigError(f"config: {key}={OmegaConf.select(cfg, key)!r} must be {want}")

@@ -41,7 +41,7 @@ def _is_series(folder: Path) -> bool:
                for c in folder.iterdir())
 
 
-def roi_box(ens: Ensemble, path: Path, name: str) -> tuple[int, ...] | None:
+def roi_box(ens, path: Path, name: str) -> tuple[int, ...] | None:
     """A model that reads ROI boxes (data.roi=box) takes each exam's from a roi.csv beside its file or folder."""
     if ens.pre.roi != "box":
         return None
@@ -69,9 +69,20 @@ def exam_probability(ens: Ensemble, cache: SliceCache, scorers=None) -> float:
 
 
 def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu", overlays: bool = True,
-            block: int = 10, compile: bool = False) -> int:
+            block: int = 10, compile: bool = False, runtime: str = "auto") -> int:
     """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs.
-    A fused run (`sbssl fuse`) takes exams as folders with sagittal/, coronal/ and axial/ series instead."""
+    A fused run (`sbssl fuse`) takes exams as folders with sagittal/, coronal/ and axial/ series instead; an
+    exported folder (`sbssl export`) is scored with onnxruntime (`runtime`: auto, torch or onnx)."""
+    from sbssl.export import is_export
+
+    exported = is_export(model_dir)
+    if runtime == "onnx" and not exported:
+        raise SbsslError(f"{model_dir}: --runtime onnx scores an exported folder: sbssl export --model "
+                         f"{model_dir} --out DIR first")
+    if runtime == "torch" and exported:
+        raise SbsslError(f"{model_dir}: an exported folder holds an ONNX graph only: --runtime onnx (or auto)")
+    if exported:
+        return predict_onnx(model_dir, inputs, out)
     if (Path(model_dir) / FUSION).is_file():
         return predict_fused(model_dir, inputs, out, device)
     ens = load_ensemble(model_dir, device)
@@ -99,6 +110,31 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
                          f"{name}: P({ens.cfg.data.task}) = {p:.3f}", int(cache.offsets[-1]), device)
     if names:
         write_predictions(out / PREDICTIONS, names, np.array(probs), None, sort_by_probability=True)
+    return failed
+
+
+def predict_onnx(model_dir: Path, inputs: list[Path], out: Path) -> int:
+    """predictions.csv from an exported folder, through onnxruntime (no overlays: they read the attention)."""
+    from sbssl.export import OnnxExamClassifier
+
+    clf = OnnxExamClassifier(model_dir)
+    files = expand_inputs(inputs)
+    if not files:
+        raise SbsslError("predict: no exams found in the inputs")
+    names, probs, failed = [], [], 0
+    for f in files:
+        name = case_id(f)
+        try:
+            prepared = clf.pre.prepare(load_volume(f), roi_box(clf, f, name))
+        except (DataError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        names.append(name)
+        probs.append(clf.probability(prepared)[0])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    if names:
+        write_predictions(Path(out) / PREDICTIONS, names, np.array(probs), None, sort_by_probability=True)
     return failed
 
 

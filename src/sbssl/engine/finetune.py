@@ -38,6 +38,7 @@ from sbssl.engine.inference import (
 )
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.probe import fit_readout
+from sbssl.engine.run_log import RunLog
 from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.engine.schedules import param_groups
@@ -46,8 +47,8 @@ from sbssl.errors import SbsslError
 from sbssl.evaluation.report_files import write_evaluation
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import PretrainedEncoder, encoder_init
-from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text, trim_jsonl
-from sbssl.utils.rundir import CHECKPOINTS, CONFIG, LOG, METRICS, RUN, SPLIT, model_file
+from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from sbssl.utils.rundir import CHECKPOINTS, CONFIG, METRICS, RUN, SPLIT, model_file
 
 log = logging.getLogger("sbssl")
 FINISHED = METRICS
@@ -129,8 +130,9 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
     if init is not None:  # also on resume: a frozen encoder's feature table is rebuilt before the checkpoint loads
         recalibrate_batch_norm(model, cache, read, pre, fabric.device)
     done = -1 if st is None else st["epoch"]
-    if rank == 0:  # a member's log lines after its checkpoint go (all of them, a probe's too, when it restarts)
-        trim_jsonl(out / LOG, lambda r: r.get("member") != seed or (st is not None and r.get("epoch", 0) <= done))
+    runlog = RunLog(out, f"member-{seed}", cfg.trainer.loggers, rank == 0, None if st is None else st["step"])
+    # a member's log lines after its checkpoint go (all of them, a probe's too, when it restarts)
+    runlog.trim(lambda r: r.get("member") != seed or (st is not None and r.get("epoch", 0) <= done))
     probe = cfg.finetune.probe_steps > 0 and st is None
     features = None
     if cfg.finetune.freeze or probe:  # the frozen encoder's features, computed once, looked up by cache row
@@ -141,8 +143,7 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
         model.encoder.requires_grad_(False)
     best = {"auc": -1.0, "epoch": -1, "state": None}
     if probe:  # LP-FT's first stage (engine/probe.py); the fitted read-out is the first candidate kept
-        best = probe_readout(cfg, model, features, cache, labels, fit, held, pre, seed, fabric.device,
-                             out / LOG if rank == 0 else None)
+        best = probe_readout(cfg, model, features, cache, labels, fit, held, pre, seed, fabric.device, runlog)
     del features
     depth = len(getattr(model.encoder, "blocks", []))
     groups = param_groups(model, cfg.finetune.layer_decay, depth)
@@ -191,15 +192,15 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.
                             table)
         if not np.isfinite(auc) or auc > best["auc"]:  # no held-out part (or one class in it): the last epoch
             best = candidate(model, auc, epoch)
+        runlog.steps(trainer.pop_history())
+        runlog.epoch({"member": seed, **rec, "heldout_auc": auc, "best_epoch": best["epoch"]})
         if rank == 0:
-            rec = {"member": seed, **rec, "heldout_auc": auc, "best_epoch": best["epoch"]}
-            with open(out / LOG, "a") as f:
-                f.write(json.dumps(rec) + "\n")
             ckpt.save_checkpoint(ck_dir, {"model": model.state_dict(), "optimizer": opt_f.state_dict(),
                                           "epoch": epoch, "step": trainer.step, "rng": ckpt.rng_state(),
                                           "best_auc": best["auc"], "best_epoch": best["epoch"],
                                           "best_state": best["state"]})
         fabric.barrier()
+    runlog.close()
     state = best["state"] if best["state"] is not None else copy.deepcopy(model.state_dict())
     return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
 
@@ -221,7 +222,7 @@ def recalibrate_batch_norm(model, cache, exams: np.ndarray, pre: Preprocessing, 
 
 
 def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
-                  pre: Preprocessing, seed: int, device, log_file: Path | None) -> dict:
+                  pre: Preprocessing, seed: int, device, runlog: RunLog) -> dict:
     """Fit the read-out on frozen features (`finetune.probe_steps`), log it as epoch -1, and return it as the
     best state so far: if fine-tuning then only distorts the features, the held-out part keeps the probe."""
     losses = fit_readout(model, features, cache, labels, fit, cfg.finetune.probe_steps, cfg.finetune.probe_lr,
@@ -232,10 +233,8 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
     log.info("member %d: read-out fitted on frozen features (%s, %d %s, loss %.4f -> %.4f), held-out AUC %.3f",
              seed, cfg.finetune.probe_solver, len(losses),
              "evaluations" if cfg.finetune.probe_solver == "lbfgs" else "steps", losses[0], losses[-1], auc)
-    if log_file is not None:
-        with open(log_file, "a") as f:
-            f.write(json.dumps({"member": seed, "epoch": -1, "phase": "probe", "step": 0, "loss": losses[-1],
-                                "heldout_auc": auc, "best_epoch": -1}) + "\n")
+    runlog.epoch({"member": seed, "epoch": -1, "phase": "probe", "step": 0, "loss": losses[-1], "heldout_auc": auc,
+                  "best_epoch": -1})
     return candidate(model, auc, -1)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -41,6 +41,7 @@ class Trainer:
     checkpoint: Path  # named when a non-finite loss stops the run
     label: str = ""  # "member 3, " in fine-tuning messages
     step: int = 0
+    history: list = field(default_factory=list)  # (step, loss tensor, lr, wd) of each update since `pop_history`
 
     @property
     def finished(self) -> bool:
@@ -52,6 +53,16 @@ class Trainer:
         wd = cosine(self.step, self.total, t.weight_decay, t.weight_decay_end)
         apply_schedule(self.opt_f, lr, wd)
         return lr, wd
+
+    def pop_history(self) -> list[dict]:
+        """Every update's step, loss (this rank's), lr and weight decay since the last call, as numbers: the
+        losses stay on the device until here, so logging them costs one host sync per epoch, not per step."""
+        if not self.history:
+            return []
+        steps, losses, lrs, wds = zip(*self.history, strict=True)
+        self.history = []
+        return [{"step": s, "loss": v, "lr": lr, "wd": wd}
+                for s, v, lr, wd in zip(steps, torch.stack(losses).float().tolist(), lrs, wds, strict=True)]
 
     def draw(self) -> Draw:
         f = self.fabric
@@ -99,6 +110,7 @@ def train_one_epoch(trainer: Trainer, batches: Iterable, loss_of: Callable[[obje
                 continue
             seen += size_of(batch) * f.world_size
             loss_sum += loss.detach()
+            trainer.history.append((trainer.step, loss.detach(), lr, wd))
             n += 1
             if b % 5 == 0 or b == steps - 1:  # a host sync, so not every step
                 status = f"loss {(loss_sum / n).item():.4f} {seen / max(time.perf_counter() - t0, 1e-9):.1f} {unit}/s"

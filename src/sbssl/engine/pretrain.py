@@ -24,6 +24,7 @@ from sbssl.data.layout import ALL_PLANES, PLANES, is_mrnet, resolve_root
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
+from sbssl.engine.run_log import RunLog
 from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import GMMLTask
@@ -102,6 +103,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                       out / CHECKPOINTS / "last.pt")
     run = _Run(cfg, out, model, trainer, dataset, GMMLTask(cfg, pre))
     start_epoch = _restore(run)
+    runlog = RunLog(out, "pretrain", cfg.trainer.loggers, rank0, trainer.step if start_epoch else None)
     if start_epoch == 0 and rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict()})
@@ -114,9 +116,9 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         if trainer.finished:
             break
         rec = _pretrain_epoch(run, epoch)
+        runlog.steps(trainer.pop_history())
+        runlog.epoch(rec)
         if rank0:
-            with open(out / LOG, "a") as f:
-                f.write(json.dumps(rec) + "\n")
             last = epoch == cfg.train.epochs - 1 or trainer.finished
             if cfg.train.recon_every > 0 and ((epoch + 1) % cfg.train.recon_every == 0 or last):
                 save_recon_grid(model, run.task, fixed.to(fabric.device),
@@ -125,6 +127,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                 "model": model.state_dict(), "optimizer": opt_f.state_dict(), "epoch": epoch, "step": trainer.step,
                 "rng": ckpt.rng_state(), "loss": rec["loss"]})
         fabric.barrier()
+    runlog.close()
     if rank0:
         save_encoder(model.encoder, cfg.model.name, pre, out / FINISHED)
         log.info("pretraining done: %s", out / FINISHED)

@@ -14,7 +14,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 
 def _padded(feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum n, K) -> (B, n_max, K) and a validity mask (B, n_max)."""
+    """(sum n, K) -> (B, n_max, K) and a validity mask (B, n_max). One exam needs no padding (and, without
+    `lengths.tolist()`, traces with a symbolic slice count: sbssl.export)."""
+    if lengths.shape[0] == 1:
+        return feats[None], torch.ones(1, feats.shape[0], dtype=torch.bool, device=feats.device)
     padded = pad_sequence(feats.split(lengths.tolist()), batch_first=True)
     valid = torch.arange(padded.shape[1], device=feats.device)[None] < lengths[:, None]
     return padded, valid
