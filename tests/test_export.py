@@ -67,16 +67,21 @@ def test_onnx_scores_as_pytorch_on_two_slice_counts(which: str, ft_run: Path, in
     assert all(abs(a[k] - b[k]) <= 1e-4 for k in a)
 
 
-def test_export_cli_and_its_faults(ft_run: Path, tmp_path: Path):
+def test_export_cli_and_its_faults(ft_run: Path, tmp_path: Path, capsys):
+    from sbssl.cli import main
     from sbssl.predict import predict
 
     out = tmp_path / "exp"
-    res = run_cli("export", "--model", ft_run, "--out", out)
-    assert res.returncode == 0, res.stderr
-    assert (out / "exam_classifier.onnx").stat().st_size > 10_000
-    assert_user_error(run_cli("export", "--model", ft_run, "--out", out), "--overwrite")  # nothing clobbered
-    with pytest.raises(SbsslError, match="holds an ONNX graph only"):
-        predict(out, [tmp_path], tmp_path / "p", runtime="torch")
+    assert main(["export", "--model", str(ft_run), "--out", str(out)]) == 0  # in-process: the CLI's own path
+    graph = (out / "exam_classifier.onnx").read_bytes()
+    assert len(graph) > 10_000
+    capsys.readouterr()
+    assert main(["export", "--model", str(ft_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "--overwrite" in err[-1]
+    assert (out / "exam_classifier.onnx").read_bytes() == graph  # nothing clobbered
+    assert_user_error(run_cli("predict", "--model", out, "--runtime", "torch", "x.npy", "--out", tmp_path / "p"),
+                      "holds an ONNX graph only")  # the CLI's one-line contract, in a fresh process
     with pytest.raises(SbsslError, match="sbssl export"):
         predict(ft_run, [tmp_path], tmp_path / "p", runtime="onnx")
     (out / "export.json").write_text("{not json")
