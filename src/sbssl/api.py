@@ -22,7 +22,7 @@ from sbssl.config import load_config
 from sbssl.data.cache import SliceCache
 from sbssl.data.volume_io import case_id, check_volume, load_volume
 from sbssl.engine.inference import Ensemble, load_ensemble
-from sbssl.errors import DataError, SbsslError
+from sbssl.errors import SbsslError
 from sbssl.models.encoder_file import load_encoder
 from sbssl.utils.rundir import FUSION
 
@@ -123,22 +123,17 @@ class ExamClassifier:
         return {"probability": p, **shown}
 
     def _prepare(self, exam: Exam) -> SliceCache:
+        """One exam as a one-exam cache, prepared as `sbssl predict` prepares it (a fault is a DataError)."""
         from sbssl.predict import exam_cache, roi_box
 
         if isinstance(exam, np.ndarray):
             if self.ensemble.pre.roi == "box":
                 raise SbsslError("this model reads each exam's ROI box (data.roi=box): pass a path with a roi.csv")
-            try:
-                vol = check_volume(np.asarray(exam), Path("volume")).astype(np.float32, copy=False)
-                return exam_cache(vol, self.ensemble, "volume")
-            except DataError as e:
-                raise SbsslError(str(e)) from None
+            vol = check_volume(np.asarray(exam), Path("volume")).astype(np.float32, copy=False)
+            return exam_cache(vol, self.ensemble, "volume")
         path = Path(exam)
         name = case_id(path)
-        try:
-            return exam_cache(load_volume(path), self.ensemble, name, roi_box(self.ensemble, path, name))
-        except DataError as e:
-            raise SbsslError(str(e)) from None
+        return exam_cache(load_volume(path), self.ensemble, name, roi_box(self.ensemble, path, name))
 
 
 def _joined(caches: list[SliceCache]) -> SliceCache:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sbssl import __version__
+from sbssl.data.datasets import resample_index
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine.inference import Ensemble, load_ensemble
 from sbssl.errors import SbsslError
@@ -39,11 +40,11 @@ class ExamGraph(nn.Module):
         self.pre, self.slices = ens.pre, ens.models[0].slices
 
     def forward(self, slices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.slices > 0:  # datasets.resample_index for one exam: f evenly spaced slices (repeats when S < f)
-            pos = torch.linspace(0, 1, self.slices, device=slices.device) * (slices.shape[0] - 1)
-            slices = slices.index_select(0, pos.round().long())
+        one = torch.ones(1, dtype=torch.long, device=slices.device)
+        if self.slices > 0:  # training's choice: f evenly spaced slices (repeats when S < f)
+            slices = slices.index_select(0, resample_index(one * slices.shape[0], self.slices))
         x = self.pre.normalise(slices[:, None])
-        lengths = torch.ones(1, dtype=torch.long, device=slices.device) * slices.shape[0]
+        lengths = one * slices.shape[0]
         probs = torch.stack([m(x, lengths).float().softmax(1)[0, 1] for m in self.members])
         return probs.mean(), probs
 
