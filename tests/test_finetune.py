@@ -21,8 +21,9 @@ from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_diffe
 from sbssl.evaluation.report_files import read_predictions
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import encoder_init
-from sbssl.models.slice_classifier import AGGREGATORS, InstanceAggregator, MRNetCNN, SliceClassifier
+from sbssl.models.slice_classifier import InstanceAggregator, MRNetCNN, SliceClassifier
 from sbssl.models.vit import create_encoder
+from sbssl.registry import AGGREGATORS
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 

@@ -63,7 +63,7 @@ def test_skip_blocks_are_the_configured_ones(monkeypatch):
 
 def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
     out = tmp_path / "pre"
-    logs = ["trainer.loggers=[csv,tensorboard]"]
+    logs = ["trainer.loggers=[csv,tensorboard,mlflow]"]
     pretrain(load_config(None, TINY + ["train.epochs=4", *logs]), tiny_set, out)
     losses = _losses(out)
     assert losses[-1] < 0.8 * losses[0], losses
@@ -89,7 +89,7 @@ def test_loss_falls_and_run_folder_is_complete(tiny_set: Path, tmp_path: Path):
         pretrain(load_config(None, TINY + ["train.epochs=4"]), tiny_set, out, resume=True)
     pretrain(load_config(None, TINY + ["train.epochs=5", *logs]), tiny_set, out, resume=True)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert_logs_match(out, "pretrain", records)
+    assert_logs_match(out, "pretrain", records, mlflow=True)
     assert [r["loss"] for r in records[:4]] == losses and len(records) == 5
     assert records[4]["step"] == 5 * records[0]["step"] and records[4]["loss"] < 0.9 * losses[0]
     assert OmegaConf.load(out / "config.yaml").train.epochs == 5
@@ -181,8 +181,10 @@ def test_pretraining_on_all_planes(tiny_set: Path, tmp_path: Path):
         pretrain(load_config(None, over), generic, tmp_path / "g")
 
 
-def assert_logs_match(out: Path, name: str, records: list[dict], tensorboard: bool = True) -> None:
-    """The CSV (and TensorBoard) logs hold every optimiser step once and every epoch of log.jsonl, same numbers."""
+def assert_logs_match(out: Path, name: str, records: list[dict], tensorboard: bool = True,
+                      mlflow: bool = False) -> None:
+    """The CSV (and TensorBoard, MLflow) logs hold every optimiser step once and every epoch of log.jsonl, with
+    the same numbers."""
     import csv
 
     rows = list(csv.DictReader((out / "logs" / "csv" / name / "metrics.csv").open()))
@@ -205,3 +207,13 @@ def assert_logs_match(out: Path, name: str, records: list[dict], tensorboard: bo
         assert [e.step for e in ev] == [r["step"] for r in records]
         assert [e.value for e in ev] == pytest.approx([r["loss"] for r in records], rel=1e-5)
         assert [e.step for e in ea.Scalars("train/loss")] == steps
+    if mlflow:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'logs' / 'mlflow' / 'mlflow.db').resolve()}")
+        (run,) = client.search_runs([client.get_experiment_by_name("sbssl").experiment_id])
+        assert run.info.run_name == name and run.info.status == "FINISHED"
+        hist = client.get_metric_history(run.info.run_id, "epoch/loss")
+        assert [m.step for m in hist] == [r["step"] for r in records]
+        assert [m.value for m in hist] == pytest.approx([r["loss"] for r in records], rel=1e-6)
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == steps

@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sbssl.data.layout import ALL_PLANES, PLANES, ROI_MODES, TASKS
-from sbssl.engine.run_log import LOGGERS
 from sbssl.errors import ConfigError
+from sbssl.registry import AGGREGATORS, CNNS, LOGGERS, MASK_REPLACEMENTS, SLICE_FEATURES, STEMS, VITS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -133,18 +133,20 @@ class Config:
     init: str = "scratch"  # scratch | path to a GMML encoder.safetensors (or its run folder)
 
 
-CHOICES = {
-    "data.plane": (*PLANES, ALL_PLANES),
-    "data.task": TASKS,
-    "data.roi": ROI_MODES,
-    "model.name": ("vit_tiny", "vit_small", "vit_base", "mrnet_cnn"),
-    "finetune.aggregator": ("concat", "max", "mean", "attention", "instance"),
-    "finetune.select": ("auc", "last", "auto"),
-    "finetune.slice_feature": ("cls", "max", "mean"),
-    "model.stem": ("patch", "conv"),
-    "train.nonfinite": ("stop", "skip"),
-}
-MASK_TYPES = ("zeros", "ones", "noise", "image", "mix")
+def choices() -> dict[str, tuple[str, ...]]:
+    """Each enumerated key's allowed values: the parts from their registries (sbssl.registry, so a part registered
+    at run time is a valid value), the rest fixed here."""
+    return {
+        "data.plane": (*PLANES, ALL_PLANES),
+        "data.task": TASKS,
+        "data.roi": ROI_MODES,
+        "model.name": (*VITS, *CNNS),
+        "finetune.aggregator": AGGREGATORS.names(),
+        "finetune.select": ("auc", "last", "auto"),
+        "finetune.slice_feature": SLICE_FEATURES.names(),
+        "model.stem": STEMS.names(),
+        "train.nonfinite": ("stop", "skip"),
+    }
 
 
 def find_config(name: str) -> Path:
@@ -191,13 +193,14 @@ def load_config(file: str | None = None, overrides: list[str] | None = None, bas
 
 
 def validate(cfg: DictConfig) -> None:
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         v = OmegaConf.select(cfg, key)
         if v not in allowed:
             raise ConfigError(f"config: {key}={v!r} is not one of {', '.join(allowed)}")
     types = [t.strip() for t in str(cfg.mask.type).split(",")]
-    if not types or any(t not in MASK_TYPES for t in types):
-        raise ConfigError(f"config: mask.type={cfg.mask.type!r}: want {', '.join(MASK_TYPES)} or a comma list")
+    if types != ["mix"] and (not types or any(t not in MASK_REPLACEMENTS for t in types)):
+        raise ConfigError(f"config: mask.type={cfg.mask.type!r}: want {', '.join(MASK_REPLACEMENTS)}, mix (all of "
+                          f"them) or a comma list")
     checks = [
         ("mask.max_ratio", 0 < cfg.mask.max_ratio <= 0.95, "in (0, 0.95]"),
         ("mask.align", cfg.mask.align >= 1 and cfg.data.img_size % cfg.mask.align == 0,

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sbssl.registry import MASK_REPLACEMENTS
 from sbssl.utils.draw import Draw
-
-REPLACEMENTS = ("zeros", "ones", "noise", "image")
 
 
 @dataclass
@@ -35,7 +34,7 @@ class GroupMasking:
     @classmethod
     def from_config(cls, mask_cfg, ones_value: float = 1.0) -> GroupMasking:
         types = [t.strip() for t in str(mask_cfg.type).split(",")]
-        replace = REPLACEMENTS if types == ["mix"] else tuple(types)
+        replace = MASK_REPLACEMENTS.names() if types == ["mix"] else tuple(types)
         return cls(mask_cfg.max_ratio, mask_cfg.align, replace, mask_cfg.max_block, ones_value)
 
     def _n_candidates(self, hg: int, wg: int) -> int:
@@ -92,16 +91,8 @@ class GroupMasking:
         choice = draw.randint(0, len(self.replace), b)
         out = torch.zeros_like(x)
         for i, kind in enumerate(self.replace):
-            sel = (choice == i).view(b, 1, 1, 1)
-            if kind == "zeros":
-                continue
-            if kind == "ones":
-                val = torch.full_like(x, self.ones_value)
-            elif kind == "noise":
-                val = draw.randn(b, *x.shape[1:], dtype=x.dtype)
-            else:  # another image of the batch (the next one, cyclically)
-                val = x.roll(1, dims=0) if b > 1 else draw.randn(b, *x.shape[1:], dtype=x.dtype)
-            out = torch.where(sel, val, out)
+            if kind != "zeros":  # zeros: already there
+                out = torch.where((choice == i).view(b, 1, 1, 1), MASK_REPLACEMENTS[kind](x, draw, self), out)
         return out
 
     def __call__(self, x: torch.Tensor, draw: Draw | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,3 +100,23 @@ class GroupMasking:
         draw = draw or Draw(x.device)
         mask = self.sample_mask(x.shape[0], x.shape[2], x.shape[3], draw)
         return torch.where(mask, self.replacement(x, draw), x), mask
+
+
+# The replacements of a masked group (`mask.type`, registered in sbssl.registry): fill(x, draw, masking).
+def fill_zeros(x: torch.Tensor, draw: Draw, masking: GroupMasking) -> torch.Tensor:
+    """The dataset mean, after normalisation."""
+    return torch.zeros_like(x)
+
+
+def fill_ones(x: torch.Tensor, draw: Draw, masking: GroupMasking) -> torch.Tensor:
+    """White, in normalised units."""
+    return torch.full_like(x, masking.ones_value)
+
+
+def fill_noise(x: torch.Tensor, draw: Draw, masking: GroupMasking) -> torch.Tensor:
+    return draw.randn(*x.shape, dtype=x.dtype)
+
+
+def fill_image(x: torch.Tensor, draw: Draw, masking: GroupMasking) -> torch.Tensor:
+    """Another image of the batch (the next one, cyclically); noise for a batch of one."""
+    return x.roll(1, dims=0) if x.shape[0] > 1 else fill_noise(x, draw, masking)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sbssl.data.layout import PLANES
+from sbssl.registry import CNNS
 from sbssl.utils.io import atomic_write_text
 from sbssl.utils.rundir import (
     CHECKPOINTS,
@@ -79,7 +80,7 @@ def _n_params(run: Path) -> int:
 
 
 def _method(m: dict) -> str:
-    if m.get("model") == "mrnet_cnn":
+    if m.get("model") in CNNS:
         return "Random init CNN (MRNet-style)"
     if str(m.get("init", "")).startswith("gmml:"):
         return "SB-SSL (GMML pretrained)"

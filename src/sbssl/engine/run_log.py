@@ -17,10 +17,10 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from sbssl.registry import LOGGERS
 from sbssl.utils.io import trim_jsonl
 from sbssl.utils.rundir import LOG
 
-LOGGERS = ("csv", "tensorboard")
 LOGS = "logs"
 
 
@@ -36,33 +36,8 @@ class RunLog:
         self.loggers = [self._make(kind, keep) for kind in loggers] if enabled else []
 
     def _make(self, kind: str, resume_step: int | None):
-        """A Fabric logger; `resume_step`: the first step to log again (earlier ones are kept)."""
-        root = self.out / LOGS / kind
-        if kind == "csv":
-            from lightning_fabric.loggers import CSVLogger
-
-            kept = [] if resume_step is None else csv_rows(root / self.name / "metrics.csv", resume_step)
-            logger = CSVLogger(root, name=self.name, version="")
-            with warnings.catch_warnings():  # its writer deletes an earlier metrics.csv: the kept rows go back
-                warnings.simplefilter("ignore")
-                logger.experiment  # noqa: B018
-            for row in kept:
-                logger.log_metrics({k: float(v) for k, v in row.items() if k != "step" and v != ""},
-                                   step=int(row["step"]))
-            logger.save()
-            return logger
-        if kind == "tensorboard":
-            from lightning_fabric.loggers import TensorBoardLogger
-
-            try:
-                return TensorBoardLogger(root, name=self.name, version="", default_hp_metric=False,
-                                         purge_step=resume_step)
-            except ModuleNotFoundError:
-                from sbssl.errors import SbsslError
-
-                raise SbsslError("trainer.loggers=[tensorboard] needs the tensorboard package: "
-                                 "pip install 'sbssl[tensorboard]'") from None
-        raise ValueError(f"unknown logger {kind!r} (known: {', '.join(LOGGERS)})")
+        """A logger of `trainer.loggers` (sbssl.registry.LOGGERS); `resume_step`: the first step to log again."""
+        return LOGGERS[kind](self.out / LOGS / kind, self.name, resume_step)
 
     def steps(self, rows: list[dict]) -> None:
         """Per-step metrics ({"step": s, "loss": ..., "lr": ..., "wd": ...}), logged as train/NAME."""
@@ -91,6 +66,48 @@ class RunLog:
         for lg in self.loggers:
             lg.finalize("success")
         self.loggers = []
+
+
+# The loggers (registered in sbssl.registry.LOGGERS): make(root, stream, resume_step) -> a Fabric logger, whose
+# steps from `resume_step` on are logged again (None: a new stream).
+def csv_logger(root: Path, name: str, resume_step: int | None):
+    """Fabric's CSV logger: ROOT/NAME/metrics.csv. Its writer deletes an earlier file: the kept rows go back."""
+    from lightning_fabric.loggers import CSVLogger
+
+    kept = [] if resume_step is None else csv_rows(root / name / "metrics.csv", resume_step)
+    logger = CSVLogger(root, name=name, version="")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logger.experiment  # noqa: B018
+    for row in kept:
+        logger.log_metrics({k: float(v) for k, v in row.items() if k != "step" and v != ""}, step=int(row["step"]))
+    logger.save()
+    return logger
+
+
+def tensorboard_logger(root: Path, name: str, resume_step: int | None):
+    """Fabric's TensorBoard logger: event files under ROOT/NAME; a resumed stream purges the steps it redoes."""
+    try:
+        from lightning_fabric.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(root, name=name, version="", default_hp_metric=False, purge_step=resume_step)
+    except ModuleNotFoundError:
+        raise _missing("tensorboard") from None
+
+
+def mlflow_logger(root: Path, name: str, resume_step: int | None):
+    """MLflow, to a local SQLite store, ROOT/mlflow.db (`mlflow ui --backend-store-uri sqlite:///ROOT/mlflow.db`)."""
+    try:
+        from sbssl.engine.mlflow_logger import MLflowLogger
+    except ModuleNotFoundError:
+        raise _missing("mlflow") from None
+    return MLflowLogger(root, name, resume_step)
+
+
+def _missing(kind: str):
+    from sbssl.errors import SbsslError
+
+    return SbsslError(f"trainer.loggers=[{kind}] needs the {kind} package: pip install 'sbssl[{kind}]'")
 
 
 def csv_rows(path: Path, before_step: int) -> list[dict]:

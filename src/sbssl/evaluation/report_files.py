@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from sbssl.evaluation.metrics import exam_metrics
+from sbssl.registry import CNNS
 from sbssl.utils.io import atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import COMPARE, COMPARE_PLOT, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC
 
@@ -24,7 +25,7 @@ def write_evaluation(out: Path, cfg, split: str, records: list, probs: np.ndarra
     p = probs.mean(0)
     metrics = {"task": cfg.data.task, "plane": cfg.data.plane, "split": split, **exam_metrics(y, p),
                "members": len(seeds), "init": init, "model": cfg.model.name,
-               "aggregator": cfg.finetune.aggregator if cfg.model.name != "mrnet_cnn" else "max",
+               "aggregator": "max" if cfg.model.name in CNNS else cfg.finetune.aggregator,
                "member_metrics": [{"seed": s, **exam_metrics(y, q)} for s, q in zip(seeds, probs, strict=True)]}
     out = Path(out)
     write_predictions(out / PREDICTIONS, cases, p, y)

@@ -6,8 +6,9 @@ from omegaconf import DictConfig
 
 from sbssl.models.encoder_file import PretrainedEncoder
 from sbssl.models.gmml import GMMLAutoencoder
-from sbssl.models.slice_classifier import MRNetCNN, SliceClassifier
+from sbssl.models.slice_classifier import SliceClassifier
 from sbssl.models.vit import create_encoder, set_slice_feature
+from sbssl.registry import CNNS
 
 
 def build_encoder(cfg: DictConfig):
@@ -29,8 +30,9 @@ def build_classifier(cfg: DictConfig, encoder: PretrainedEncoder | None = None) 
         encoder.load_into(model.encoder)
         return model
     m = cfg.model
-    if m.name == "mrnet_cnn":  # MRNet: max over slices, one linear layer
-        return SliceClassifier(MRNetCNN(m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices, linear_head=True)
+    if m.name in CNNS:  # MRNet's way: max over slices, one linear layer
+        return SliceClassifier(CNNS[m.name](m.in_chans, cfg.data.img_size), "max", cfg.finetune.slices,
+                               linear_head=True)
     enc = set_slice_feature(build_encoder(cfg), cfg.finetune.slice_feature)  # a token aggregator overrides it
     enc.set_grad_checkpointing(m.grad_checkpointing)
     return SliceClassifier(enc, cfg.finetune.aggregator, cfg.finetune.slices)

@@ -18,7 +18,8 @@ from timm.models.vision_transformer import VisionTransformer
 from sbssl.config import load_config
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.errors import SbsslError
-from sbssl.models.vit import VIT_NAMES, in_chans_of, stem_of
+from sbssl.models.vit import in_chans_of, stem_of
+from sbssl.registry import VITS
 from sbssl.utils.io import atomic_write
 from sbssl.utils.rundir import ENCODER
 
@@ -28,7 +29,7 @@ FORMAT = "sbssl-gmml-encoder"
 def encoder_meta(encoder: VisionTransformer, name: str) -> dict[str, str]:
     """What rebuilds the encoder (stored in safetensors metadata); a patch-stem encoder loads into
     `timm.create_model` as it is (with `depth=` when it has fewer blocks than the named model)."""
-    return {"timm_name": VIT_NAMES[name], "name": name, "img_size": str(encoder.patch_embed.img_size[0]),
+    return {"timm_name": VITS[name], "name": name, "img_size": str(encoder.patch_embed.img_size[0]),
             "patch_size": str(encoder.patch_embed.patch_size[0]), "in_chans": str(in_chans_of(encoder)),
             "stem": stem_of(encoder), "depth": str(len(encoder.blocks))}
 

@@ -12,6 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from sbssl.registry import AGGREGATORS
+
 
 def _padded(feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum n, K) -> (B, n_max, K) and a validity mask (B, n_max). One exam needs no padding (and, without
@@ -82,6 +84,8 @@ class InstanceAggregator(nn.Module):
     with 100-400 labels the gap is smaller or absent.
     Weights: the softmax of the slices' scores, each slice's share of the exam's evidence."""
 
+    reads_tokens = True  # every patch token of a slice, not one pooled feature
+
     def __init__(self, dim: int, slices: int = 0, sharpness: float = 4.0):
         super().__init__()
         self.out_dim, self.r = 1, sharpness
@@ -112,9 +116,6 @@ class TwoClassLogits(nn.Module):
         return torch.cat([-s / 2, s / 2], 1)
 
 
-AGGREGATORS = {"concat": ConcatAggregator, "max": MaxAggregator, "mean": MeanAggregator,
-               "attention": AttentionAggregator, "instance": InstanceAggregator}
-TOKEN_AGGREGATORS = ("instance",)  # read every patch token of a slice, not one pooled feature
 
 
 class MRNetCNN(nn.Module):
@@ -152,7 +153,7 @@ class SliceClassifier(nn.Module):
         self.slices = slices
         dim = encoder.embed_dim
         self.aggregate = AGGREGATORS[aggregator](dim, slices)
-        if aggregator in TOKEN_AGGREGATORS:  # the encoder hands over every patch token; the aggregator scores
+        if getattr(self.aggregate, "reads_tokens", False):  # the encoder hands over every patch token; it scores
             if not hasattr(encoder, "num_prefix_tokens"):
                 raise ValueError(f"the {aggregator} aggregator scores ViT patch tokens; this encoder has none")
             encoder.reset_classifier(0, global_pool="")

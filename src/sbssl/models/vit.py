@@ -7,12 +7,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
-             "vit_base": "vit_base_patch16_224"}
-
-
-STEMS = ("patch", "conv")
-SLICE_FEATURES = ("cls", "max", "mean")
+from sbssl.registry import SLICE_FEATURES, STEMS, VITS
 
 
 def create_encoder(name: str = "vit_small", img_size: int = 256, patch_size: int = 16, in_chans: int = 1,
@@ -22,17 +17,17 @@ def create_encoder(name: str = "vit_small", img_size: int = 256, patch_size: int
     stem="patch" is the paper's linear patchify; "conv" replaces it by a convolutional stem (see `conv_stem`).
     depth > 0 keeps the named width with that many blocks (timm's `depth`); 0 keeps the named depth.
     """
-    if name not in VIT_NAMES:
-        raise ValueError(f"unknown ViT '{name}' (want one of {', '.join(VIT_NAMES)})")
+    if name not in VITS:
+        raise ValueError(f"unknown ViT '{name}' (want one of {', '.join(VITS)})")
     if depth < 0:
         raise ValueError(f"model.depth must be >= 0, not {depth}")
-    enc = timm.create_model(VIT_NAMES[name], pretrained=False, img_size=img_size, patch_size=patch_size,
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem '{stem}' (want one of {', '.join(STEMS)})")
+    enc = timm.create_model(VITS[name], pretrained=False, img_size=img_size, patch_size=patch_size,
                             in_chans=in_chans, num_classes=0, drop_path_rate=drop_path,
                             **({"depth": depth} if depth else {}))
-    if stem == "conv":
-        enc.patch_embed.proj = conv_stem(in_chans, enc.embed_dim, patch_size)
-    elif stem != "patch":
-        raise ValueError(f"unknown stem '{stem}' (want one of {', '.join(STEMS)})")
+    if STEMS[stem] is not None:  # None: timm's linear patchify
+        enc.patch_embed.proj = STEMS[stem](in_chans, enc.embed_dim, patch_size)
     return enc
 
 
@@ -70,9 +65,6 @@ def block_outputs(encoder: VisionTransformer, x: torch.Tensor, keep: list[int]) 
     return [torch.cat([c, t], 1) for c, t in zip(prefix, patches, strict=True)]
 
 
-POOLS = {"cls": "token", "max": "max", "mean": "avg"}  # slice feature -> timm's global pool
-
-
 def set_slice_feature(encoder: VisionTransformer, kind: str = "cls") -> VisionTransformer:
     """Make `encoder(x)` return one feature (B, D) per slice from its final, normed tokens: the class token (the
     paper's), or the max or mean over the patch tokens (an aggregator that scores every token,
@@ -80,7 +72,7 @@ def set_slice_feature(encoder: VisionTransformer, kind: str = "cls") -> VisionTr
     two slices; the max gives that token a direct path to the exam's logit (multiple-instance pooling within the
     slice, as the max over slices does across them), where the class token must first learn to attend to it.
     timm's pool after its final norm (its fc_norm stays off: it is chosen when the model is built)."""
-    if kind not in POOLS:
-        raise ValueError(f"unknown slice feature '{kind}' (want one of {', '.join(POOLS)})")
-    encoder.reset_classifier(0, global_pool=POOLS[kind])
+    if kind not in SLICE_FEATURES:
+        raise ValueError(f"unknown slice feature '{kind}' (want one of {', '.join(SLICE_FEATURES)})")
+    encoder.reset_classifier(0, global_pool=SLICE_FEATURES[kind])
     return encoder
