@@ -168,3 +168,22 @@ def test_ddp_peer_killed_ends_the_other_cleanly(victim: str, tiny_set: Path, tmp
             time.sleep(0.1)
         assert not _alive(worker)
     assert ckpt.load_checkpoint(out / "checkpoints") is not None  # the finished epochs are kept
+
+
+def test_a_peer_that_never_joins_ends_the_rendezvous_in_the_configured_time(tiny_set: Path, tmp_path: Path):
+    """Rank 0 of two, started as torchrun would start it, whose rank 1 never comes: one line, exit 2, within the
+    configured timeout (torch's default would hold it 30 minutes)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0", "WORLD_SIZE": "2",
+           "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_RUN_ID": "t"}
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "sbssl.cli", "pretrain", "--data", str(tiny_set), "--out",
+                          str(tmp_path / "run"), *TINY_VIT, "trainer.devices=2", "trainer.strategy=ddp",
+                          "trainer.rendezvous_timeout_s=3"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "not all 2 processes joined within 3 s" in res.stderr
+    assert time.monotonic() - t0 < 60

@@ -94,7 +94,8 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "auto"  # auto = bf16-mixed where the hardware has it, else 32-true
-    loggers: list[str] = field(default_factory=lambda: ["csv"])  # + tensorboard (engine/run_log.py), or []
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # + tensorboard, mlflow (engine/run_log.py), or []
+    rendezvous_timeout_s: float = 120.0  # DDP: how long the processes wait for each other to start
 
 
 @dataclass
@@ -217,6 +218,7 @@ def validate(cfg: DictConfig) -> None:
         ("train.epochs", cfg.train.epochs >= (0 if cfg.finetune.probe_steps > 0 else 1),
          ">= 1 (0 only with finetune.probe_steps > 0)"),
         ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
+        ("trainer.rendezvous_timeout_s", cfg.trainer.rendezvous_timeout_s > 0, "> 0"),
         ("train.lr", cfg.train.lr > 0, "> 0"),
         ("finetune.ensemble", cfg.finetune.ensemble >= 1, ">= 1"),
         ("finetune.slices", cfg.finetune.slices >= (1 if cfg.finetune.aggregator == "concat" else 0),

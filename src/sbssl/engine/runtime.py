@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -41,13 +42,35 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 
 def make_fabric(trainer_cfg) -> Fabric:
-    """A launched Fabric; with devices > 1 on CPU this spawns gloo DDP processes."""
-    devices = trainer_cfg.devices
-    fabric = Fabric(accelerator=trainer_cfg.accelerator, devices=devices, num_nodes=trainer_cfg.num_nodes,
-                    strategy=trainer_cfg.strategy,
+    """A launched Fabric; with devices > 1 on CPU this spawns gloo DDP processes. A process that dies before the
+    rendezvous ends the others after `trainer.rendezvous_timeout_s` (torch's default would hold them 30 minutes),
+    with one line; the collectives afterwards keep torch's 30 minutes (rank 0 alone scores and checkpoints)."""
+    fabric = Fabric(accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, num_nodes=trainer_cfg.num_nodes,
+                    strategy=_strategy(trainer_cfg),
                     precision=resolve_precision(str(trainer_cfg.precision), str(trainer_cfg.accelerator)))
-    fabric.launch()
+    try:
+        fabric.launch()
+    except (RuntimeError, TimeoutError) as e:
+        if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+            raise
+        raise SbsslError(f"DDP rendezvous: not all {fabric.world_size} processes joined within "
+                         f"{trainer_cfg.rendezvous_timeout_s:g} s (trainer.rendezvous_timeout_s; one died before "
+                         f"joining, or MASTER_ADDR/MASTER_PORT differ between them)") from None
+    if fabric.world_size > 1:
+        torch.distributed.set_timeout(timedelta(minutes=30))
     return fabric
+
+
+def _strategy(trainer_cfg):
+    """DDP with the rendezvous timeout where the config asks for DDP (or `auto` over several processes)."""
+    devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
+    several = nodes > 1 or (isinstance(devices, int) and devices > 1) or (not isinstance(devices, (int, str))
+                                                                          and len(devices) > 1)
+    if trainer_cfg.strategy == "ddp" or (trainer_cfg.strategy == "auto" and several):
+        from lightning_fabric.strategies import DDPStrategy
+
+        return DDPStrategy(timeout=timedelta(seconds=float(trainer_cfg.rendezvous_timeout_s)))
+    return trainer_cfg.strategy
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
