@@ -35,9 +35,9 @@ FULL = DemoSize(200, 120, 64, [], [], cnn=True)
 SCRATCH = ["init=scratch", "finetune.ensemble=1", "finetune.probe_steps=0"]
 ARMS = {"gmml": ["init=builtin:cpu"], "scratch": [*SCRATCH, "train.lr=1.6e-2"],
         "cnn": [*SCRATCH, "model.name=mrnet_cnn", "train.lr=3.2e-2"]}
-QUICK = DemoSize(40, 32, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1"],
-                 ["finetune.ensemble=1", "train.epochs=1", "train.warmup_epochs=0", "finetune.probe_steps=100"],
-                 cnn=False)  # a smoke run
+QUICK = DemoSize(32, 32, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1", "train.max_steps=4"],
+                 ["finetune.ensemble=1", "train.epochs=1", "train.warmup_epochs=0", "finetune.probe_steps=50",
+                  "train.max_steps=3"], cnn=False)  # a smoke run: every step, a few updates each
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> dict:
