@@ -1,8 +1,10 @@
 """Latency of one 32-slice exam through ViT-S at 256 px (batch 1 exam), fp32, bf16 and bf16 compiled
-(`sbssl predict --compile`: inductor with freezing), median of repeats, and the achieved FLOP/s against
-this machine's matmul rate measured in the same run. Target: <= 0.6 s.
+(`sbssl predict --compile`: inductor with freezing), and the same classifier exported to ONNX and run by
+onnxruntime on the CPU (`sbssl export`, `sbssl predict --runtime onnx`; fp32), median of repeats, and the
+achieved FLOP/s against this machine's matmul rate measured in the same run. Targets: <= 0.6 s; onnxruntime
+no slower than PyTorch eager fp32.
 
-    python benchmarks/inference.py [--model vit_small --slices 32 --img 256] [--no-compile]
+    python benchmarks/inference.py [--model vit_small --slices 32 --img 256] [--no-compile] [--no-onnx]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-onnx", action="store_true")
     a = ap.parse_args()
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
@@ -48,7 +51,16 @@ def main() -> None:
         m1, m2 = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
         peaks[dt] = 2 * n**3 / timeit(lambda m1=m1, m2=m2: m1 @ m2, 2, 5, sync)
     runs, first = [], {}
+    if not a.no_onnx and dev.type == "cpu":
+        variants.append(("onnxruntime", torch.float32, onnx_session(model, x, lengths)))
     for name, dt, net in variants:
+        if name == "onnxruntime":
+            feeds = {"slices": x.numpy(), "lengths": lengths.numpy()}
+            t0 = time.perf_counter()
+            net.run(None, feeds)
+            first[name] = time.perf_counter() - t0
+            runs.append(lambda net=net, feeds=feeds: net.run(None, feeds))
+            continue
 
         @torch.no_grad()
         def run(net=net, bf16=dt == torch.bfloat16):
@@ -68,7 +80,28 @@ def main() -> None:
                         for p, _, _ in variants)
     if not a.no_compile:
         summary += f" (compile {out['bf16_compiled']['first_call_s']:.0f} s once)"
+    if "onnxruntime" in out:
+        ratio = out["onnxruntime"]["latency_s"] / out["fp32"]["latency_s"]
+        summary += f"; onnxruntime / PyTorch fp32 latency {ratio:.2f}"
     record("inference", out, "python " + " ".join(sys.argv), f"{a.model} {a.slices}x{a.img}px: {summary}")
+
+
+def onnx_session(model, x: torch.Tensor, lengths: torch.Tensor):
+    """The classifier as an ONNX graph (the TorchScript exporter and opset of `sbssl export`) in an onnxruntime
+    CPU session."""
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+
+    from sbssl.export import OPSET
+
+    path = Path(tempfile.mkdtemp()) / "classifier.onnx"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x, lengths), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["slices", "lengths"], output_names=["logits"])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 if __name__ == "__main__":

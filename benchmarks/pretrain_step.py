@@ -2,7 +2,7 @@
 
 GMML step = augment + corrupt + encoder (all blocks) + averaged skip blocks + light decoder + masked L1 + AdamW.
 Bare step = the same timm encoder, forward_features + mean-token loss + backward + AdamW.
-Target (the project's performance budget, docs/results.md): GMML >= 0.85x bare.
+Target (the project's performance budget): GMML >= 0.85x bare.
 
     python benchmarks/pretrain_step.py [--model vit_small --img 256 --batch 16 --device cpu]
 """

@@ -3,7 +3,7 @@
 LP-FT (Kumar et al. 2022, "Fine-tuning can distort pretrained features"): fit the aggregator and head on the
 frozen encoder's features first, then fine-tune everything from there. Fine-tuning a pretrained encoder under a
 random head sends the head's random gradients into the encoder's features during the first steps, and a CPU
-budget of a few dozen steps never recovers them (docs/results.md: GMML fine-tunes whose training loss hardly
+budget of a few dozen steps never recovers them (docs/history.md: GMML fine-tunes whose training loss hardly
 moved where scratch's fell). With the read-out fitted first, the encoder's first gradients already point at the
 task.
 
@@ -12,7 +12,7 @@ fitted as a linear probe should be, to convergence: full-batch L-BFGS (`finetune
 scikit-learn fits logistic regression), where the fine-tuning loop's batches of 8 exams and a few epochs leave it
 undertrained. The earlier solver, 600 AdamW steps on oversampled batches (`adamw`), stopped short of the optimum
 by a seed-dependent margin: on the same 400 exams its valid AUC ranged 0.56-0.81 with the seed
-(docs/results.md, session 6).
+(docs/history.md, session 6).
 """
 
 from __future__ import annotations

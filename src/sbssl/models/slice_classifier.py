@@ -79,7 +79,7 @@ class InstanceAggregator(nn.Module):
     candidate instance rather than only the current argmax, which matters while the scores are still random.
     The tokens are standardised per dimension first (batch norm without affine, as MAE reads out its features:
     masked-image-modelling features differ in scale across dimensions, which a linear scorer trained for a few
-    hundred steps cannot undo). Measured on frozen GMML tokens (docs/results.md, 1,130 synthetic exams): this
+    hundred steps cannot undo). Measured on frozen GMML tokens (docs/history.md, 1,130 synthetic exams): this
     read-out reaches valid AUC 0.85 where max-pooled features reach 0.72 and a random encoder's tokens 0.53;
     with 100-400 labels the gap is smaller or absent.
     Weights: the softmax of the slices' scores, each slice's share of the exam's evidence."""
