@@ -18,8 +18,9 @@ HERE = Path(__file__).resolve().parent
 def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    amx = "AMX" if torch.cpu._is_amx_tile_supported() else "no AMX"
-    return f"{platform.processor() or platform.machine()} {os.cpu_count()} cores ({amx}), torch {torch.__version__}"
+    bf16 = ("AMX" if torch.cpu._is_amx_tile_supported() else "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported()
+            else "no fast bf16")
+    return f"{platform.processor() or platform.machine()} {os.cpu_count()} cores ({bf16}), torch {torch.__version__}"
 
 
 def timeit(fn, warmup: int = 2, repeats: int = 5, sync=None) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +29,31 @@ def instance_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
     return out
 
 
+# A process in which `import torch` fails, as on a machine without it.
+NO_TORCH = """import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "timm"):
+            raise ImportError(f"no {name} on this machine")
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
 def _rows(path: Path) -> dict[str, float]:
     return {r["case"]: float(r["probability"]) for r in csv.DictReader(path.open())}
 
 
 @pytest.mark.parametrize("which", ["concat", "instance"])
 def test_onnx_scores_as_pytorch_on_two_slice_counts(which: str, ft_run: Path, instance_run: Path, tiny_set: Path,
-                                                   tmp_path: Path):
+                                                   tmp_path: Path, monkeypatch):
+    """In fp32 on both sides: on a CPU with fast bf16, PyTorch would otherwise score in bf16 autocast (5e-4 off)."""
     import onnxruntime as ort
 
+    monkeypatch.setattr("sbssl.engine.runtime.inference_bf16", lambda device: False)
+
     from sbssl.api import load_model
-    from sbssl.export import OnnxExamClassifier, export_onnx
+    from sbssl.export import export_onnx
+    from sbssl.exported import OnnxExamClassifier
     from sbssl.predict import predict
 
     run = ft_run if which == "concat" else instance_run
@@ -65,6 +81,12 @@ def test_onnx_scores_as_pytorch_on_two_slice_counts(which: str, ft_run: Path, in
     a, b = _rows(tmp_path / "p-onnx" / "predictions.csv"), _rows(tmp_path / "p-torch" / "predictions.csv")
     assert a.keys() == b.keys() == {"s7", f"s{len(vol)}"}
     assert all(abs(a[k] - b[k]) <= 1e-4 for k in a)
+    if which == "concat":  # a hospital system without torch: the same predictions from the exported folder
+        argv = ["predict", "--model", str(exported), str(exams), "--out", str(tmp_path / "p-no-torch")]
+        code = NO_TORCH + f"from sbssl.cli import main\nrc = main({argv!r})\nassert 'torch' not in sys.modules\nsys.exit(rc)"
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert _rows(tmp_path / "p-no-torch" / "predictions.csv") == a
 
 
 def test_export_cli_and_its_faults(ft_run: Path, tmp_path: Path, capsys):

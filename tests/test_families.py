@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sbssl.data.cache import build_cache, prepare_volume, roi
+from sbssl.data.cache import build_cache
 from sbssl.data.layout import list_exams, synth_family
 from sbssl.data.localise import KNEE_FILL, knee_box, knee_region
+from sbssl.data.prepare import prepare_volume, roi
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.synth import Labels, SynthSpec, generate, render_exam
 from sbssl.synth.anatomy import DEGENERATE, FLUID, KNEE_RANGES, Findings, sample_knee, widen
@@ -32,11 +33,10 @@ from .conftest import assert_user_error, run_cli
 
 # The demo generator's bytes, as every shipped result was made on them (computed before families existed).
 DEMO_DIGEST = "002c5a681ef847c0110f2ebdba031f86b4f25332c91f6a4c8815ca3f5e96e11b"
-FAMILY_DIGESTS = {
-    "clinic": "bccc198bd5dba1d34e0500f365b5d55efdc2fd8bdff05c290247b08e739ef3e1",
-    "mixed": "d2e29b0eec08c12fd724b15d4fe326af29ae86dddc71c74cb0352bee12a77396",
-    "shifted": "216ff515f82f8a1265d407911a5eed41e14442c6eea01f72475d6ed328da7668",  # one thread: as synth's workers
-}
+# The earlier families' middle three slices of each plane, rendered by the code before the later knobs existed
+# (commit 01872b8). Stored as images, not digests: their TorchIO and float steps round 1 level differently on
+# CPUs of other instruction sets (AVX2 / AVX-512), while a knob that drew a number would change every voxel.
+FAMILY_REFERENCE = Path(__file__).parent / "data" / "family_reference.npz"
 
 
 def test_sets_of_the_demo_generator_are_known_as_such(tiny_set: Path):
@@ -86,17 +86,20 @@ def test_families_differ_from_the_demo_and_held_out_lies_outside_selection():
         assert sum(outside) >= 2, held.name
 
 
-def test_earlier_families_keep_their_bytes_when_new_knobs_exist():
+def test_earlier_families_keep_their_images_when_new_knobs_exist():
     """Recorded results were made on clinic, mixed and shifted: the anatomy and renderer knobs added later
-    draw nothing for them (digests computed before those knobs existed, on one thread as synth's workers render;
-    the suite runs two, so `shifted`, whose larger products round differently on two, checks one_thread too)."""
-    for name, digest in FAMILY_DIGESTS.items():
-        h = hashlib.sha256()
+    draw nothing for them. At most one voxel in a thousand may differ, by one level (float rounding)."""
+    ref = np.load(FAMILY_REFERENCE, allow_pickle=False)
+    for name in ("clinic", "mixed", "shifted"):
         for case, lab in ((3, Labels(1, 1, 0)), (4, Labels(0, 0, 0))):
             e = render_exam(4, case, "train", lab, 48, 0.5, family(name))
             for p in ("sagittal", "coronal", "axial"):
-                h.update(e.volumes[p].tobytes())
-        assert h.hexdigest() == digest, name
+                vol, want = e.volumes[p], ref[f"{name}_{case}_{p}"]
+                mid = len(vol) // 2
+                got = vol[mid - 1: mid + 2].astype(np.int64)
+                assert vol.dtype == want.dtype and got.shape == want.shape, (name, case, p)
+                diff = np.abs(got - want)
+                assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, (name, case, p, diff.max(), (diff > 0).mean())
 
 
 def test_deformation_is_bounded_smooth_and_moves_what_the_canvas_paints():

@@ -140,7 +140,8 @@ def test_two_process_ddp_matches_one_process(tiny_set: Path, tmp_path: Path, mon
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
-@pytest.mark.parametrize("recipe", ["pretrain/vit_tiny", "pretrain/vit_small", "pretrain/vit_base"])
+@pytest.mark.parametrize("recipe", ["pretrain/vit_tiny", "pretrain/vit_small", "pretrain/vit_base",
+                                    "pretrain/gmml_cnn"])
 def test_paper_recipes_run_a_few_steps(recipe: str, tiny_set: Path, tmp_path: Path):
     cfg = load_config(recipe, ["train.batch_size=2", "train.max_steps=2", "train.epochs=1", "train.recon_every=0",
                                "data.cache_dir=" + str(tmp_path / "c")])
@@ -210,7 +211,9 @@ def assert_logs_match(out: Path, name: str, records: list[dict], tensorboard: bo
     if mlflow:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'logs' / 'mlflow' / 'mlflow.db').resolve()}")
+        from sbssl.engine.mlflow_logger import tracking_uri
+
+        client = MlflowClient(tracking_uri=tracking_uri(out / "logs" / "mlflow"))
         (run,) = client.search_runs([client.get_experiment_by_name("sbssl").experiment_id])
         assert run.info.run_name == name and run.info.status == "FINISHED"
         hist = client.get_metric_history(run.info.run_id, "epoch/loss")

@@ -91,8 +91,7 @@ class GroupMasking:
         choice = draw.randint(0, len(self.replace), b)
         out = torch.zeros_like(x)
         for i, kind in enumerate(self.replace):
-            if kind != "zeros":  # zeros: already there
-                out = torch.where((choice == i).view(b, 1, 1, 1), MASK_REPLACEMENTS[kind](x, draw, self), out)
+            out = torch.where((choice == i).view(b, 1, 1, 1), MASK_REPLACEMENTS[kind](x, draw, self), out)
         return out
 
     def __call__(self, x: torch.Tensor, draw: Draw | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,8 +26,8 @@ class MLflowLogger(Logger):
     steps it redoes are logged again there (MLflow keeps every value; its charts show the latest per step)."""
 
     def __init__(self, root: Path, name: str, resume_step: int | None = None):
-        root.mkdir(parents=True, exist_ok=True)
         self._root, self._name = Path(root), name
+        self._root.mkdir(parents=True, exist_ok=True)
         for noisy in ("mlflow", "alembic"):  # its schema migrations log at INFO on a new store
             logging.getLogger(noisy).setLevel(logging.WARNING)
         with warnings.catch_warnings():

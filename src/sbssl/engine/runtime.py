@@ -63,10 +63,9 @@ def make_fabric(trainer_cfg) -> Fabric:
 
 def _strategy(trainer_cfg):
     """DDP with the rendezvous timeout where the config asks for DDP (or `auto` over several processes)."""
-    devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
-    several = nodes > 1 or (isinstance(devices, int) and devices > 1) or (not isinstance(devices, (int, str))
-                                                                          and len(devices) > 1)
-    if trainer_cfg.strategy == "ddp" or (trainer_cfg.strategy == "auto" and several):
+    devices = trainer_cfg.devices  # a count, a list of indices, or a string Fabric resolves ("auto": one here)
+    per_node = devices if isinstance(devices, int) else 1 if isinstance(devices, str) else len(devices)
+    if trainer_cfg.strategy == "ddp" or (trainer_cfg.strategy == "auto" and per_node * trainer_cfg.num_nodes > 1):
         from lightning_fabric.strategies import DDPStrategy
 
         return DDPStrategy(timeout=timedelta(seconds=float(trainer_cfg.rendezvous_timeout_s)))
