@@ -14,8 +14,11 @@ undertrained. The GMML - scratch difference at each n is averaged over seeds; it
 paired stratified bootstrap resamples of the valid exams applied to every seed's pair, so it holds the valid-set
 noise, and the spread over seeds is reported beside it. Random init is run with two models, each GMML arm paired
 with both: `scratch` (finetune/cpu's max pooling) and `scratch-token` (the GMML arms' token scoring, as the demo's
-scratch row), so a difference measures the pretraining, not the aggregator. Writes results/label_efficiency.json,
-a RESULTS.md row and docs/label_efficiency.png.
+scratch row), so a difference measures the pretraining, not the aggregator. The CNN arms run the demo's CNN
+recipe (finetune/demo with demo.ARMS["cnn"]: max over slices, lr 3.2e-2, no read-out) from random init (`cnn`)
+and from a GMML-pretrained CNN (`gmml-cnn`, --cnn-encoder: `sbssl pretrain --config pretrain/gmml_cnn_cpu`),
+and are paired with each other; `--cnn-encoder NAME=RUN` adds more pretrained CNN arms (`gmml-cnn-NAME`).
+Writes results/NAME.json, a RESULTS.md row and docs/NAME.png.
 """
 
 from __future__ import annotations
@@ -39,10 +42,13 @@ from sbssl.synth import SynthSpec, generate  # noqa: E402
 
 ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML, frozen, token scoring",
         "mil-random": "random, frozen, token scoring", "lpft": "GMML, token read-out fitted, then fine-tuned",
-        "scratch": "random init, max pooling", "scratch-token": "random init, token scoring"}
+        "scratch": "random init, max pooling", "scratch-token": "random init, token scoring",
+        "cnn": "CNN, random init (the demo's)"}
 COLOURS = {"gmml": "tab:blue", "probe": "tab:green", "mil": "tab:purple", "mil-random": "tab:grey",
-           "lpft": "tab:red", "scratch": "tab:orange", "scratch-token": "tab:brown"}
-SCRATCH = ("scratch", "scratch-token")  # the baselines every GMML arm is paired with
+           "lpft": "tab:red", "scratch": "tab:orange", "scratch-token": "tab:brown",
+           "cnn": "black"}
+SCRATCH = ("scratch", "scratch-token")  # the baselines every GMML ViT arm is paired with
+CNN_COLOURS = ["tab:olive", "tab:cyan", "tab:pink", "gold"]
 
 
 def _demo():
@@ -70,7 +76,26 @@ def epochs_for(n: int, steps: int, batch: int = 8, positive_share: float = 0.184
     return int(np.clip(round(steps / per_epoch), 2, 60))
 
 
-def arm_overrides(arm: str, encoder: str) -> list[str]:
+def cnn_arms(specs: list[str]) -> dict[str, str]:
+    """--cnn-encoder values -> {arm: init}: RUN is the arm `gmml-cnn`, NAME=RUN the arm `gmml-cnn-NAME`."""
+    out = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        out[f"gmml-cnn-{name}" if name else "gmml-cnn"] = path
+    return out
+
+
+def base_recipe(arm: str) -> str:
+    return "finetune/demo" if arm == "cnn" or arm.startswith("gmml-cnn") else "finetune/cpu"
+
+
+def arm_overrides(arm: str, encoder: str, cnn_inits: dict[str, str] | None = None) -> list[str]:
+    from sbssl.demo import ARMS as DEMO_ARMS
+
+    if arm == "cnn":  # the demo's CNN arm, random init
+        return list(DEMO_ARMS["cnn"])
+    if arm.startswith("gmml-cnn"):  # the same recipe from a GMML-pretrained CNN
+        return [*DEMO_ARMS["cnn"], f"init={(cnn_inits or {})[arm]}"]
     if arm == "scratch":  # finetune/cpu's own model: max over tokens and slices
         return ["init=scratch"]
     if arm == "scratch-token":  # lpft's model (token scoring) from random init at scratch's lr: the demo's baseline
@@ -105,10 +130,13 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = sorted({p["labels"] for p in points})
-    for arm, label in ARMS.items():
+    extra = sorted({p["arm"] for p in points} - set(ARMS))
+    labels = {**ARMS, **{a: f"CNN, GMML-pretrained ({a})" for a in extra}}
+    colours = {**COLOURS, **dict(zip(extra, CNN_COLOURS, strict=False))}
+    for arm, label in labels.items():
         if not any(p["arm"] == arm for p in points):
             continue
-        colour = COLOURS[arm]
+        colour = colours.get(arm, "black")
         mean = [np.mean([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
         lo = [np.min([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
         hi = [np.max([p["auc"] for p in points if p["arm"] == arm and p["labels"] == n]) for n in ns]
@@ -140,9 +168,11 @@ def main() -> None:
     ap.add_argument("--labels", default="25,50,100,200,0", help="labelled exam counts; 0 = all")
     ap.add_argument("--seeds", default="0,1,2", help="subset (and member) seeds")
     ap.add_argument("--arms", default="mil,lpft,scratch,scratch-token")
+    ap.add_argument("--cnn-encoder", action="append", default=[],
+                    help="a GMML-pretrained CNN (RUN, or NAME=RUN), for the gmml-cnn arms")
     ap.add_argument("--steps", type=int, default=80, help="optimiser steps per run (epochs follow from n)")
     ap.add_argument("--finetune", default="", help="extra fine-tuning overrides")
-    ap.add_argument("--docs", default=str(HERE.parent / "docs" / "label_efficiency.png"))
+    ap.add_argument("--docs", default="", help="the curve's PNG (default: docs/NAME.png)")
     ap.add_argument("--name", default="label_efficiency", help="results/NAME.json")
     a = ap.parse_args()
     work, t0 = Path(a.work), time.perf_counter()
@@ -151,6 +181,11 @@ def main() -> None:
         generate(data, SynthSpec(a.train, a.valid, a.size, seed=2, difficulty=a.difficulty))
     n_all = len(list_exams(data, "train"))
     seeds, arms = [int(s) for s in a.seeds.split(",")], a.arms.split(",")
+    cnn_inits = cnn_arms(a.cnn_encoder)
+    arms += [k for k in cnn_inits if k not in arms]
+    unknown = [x for x in arms if x not in ARMS and x not in cnn_inits]
+    if unknown:
+        ap.error(f"unknown arm(s) {', '.join(unknown)} (a gmml-cnn arm needs --cnn-encoder)")
     points, diffs = [], []
     for n in [int(v) for v in a.labels.split(",")]:
         n_used = n if 0 < n < n_all else n_all
@@ -159,10 +194,10 @@ def main() -> None:
             for arm in arms:
                 run = work / f"{arm}-{n_used}-s{seed}"
                 epochs = 0 if arm.startswith("mil") else epochs_for(n_used, a.steps)
-                over = ["finetune.ensemble=1", f"finetune.labels={n}", f"train.seed={seed}",
-                        f"train.epochs={epochs}", *arm_overrides(arm, a.encoder), *a.finetune.split()]
+                over = [*arm_overrides(arm, a.encoder, cnn_inits), "finetune.ensemble=1", f"finetune.labels={n}",
+                        f"train.seed={seed}", f"train.epochs={epochs}", *a.finetune.split()]
                 if not (run / "metrics.json").exists():
-                    finetune(load_config("finetune/cpu", over), data, run)
+                    finetune(load_config(base_recipe(arm), over), data, run)
                 m = load_metrics(run)
                 points.append({"arm": arm, "labels": n_used, "seed": seed, "epochs": epochs, "auc": m["auc"],
                                "auc_ci95": m["auc_ci95"]})
@@ -172,6 +207,7 @@ def main() -> None:
                       flush=True)
         pairs = [(x, b) for x in ("gmml", "probe", "mil", "lpft") for b in SCRATCH if {x, b} <= set(arms)]
         pairs += [("mil", "mil-random")] if {"mil", "mil-random"} <= set(arms) else []
+        pairs += [(x, "cnn") for x in arms if x.startswith("gmml-cnn") and "cnn" in arms]
         for arm, base in pairs:
             d = seed_averaged_difference(runs[arm], runs[base])
             diffs.append({"arm": f"{arm} - {base}", "labels": n_used, **d})
@@ -179,7 +215,7 @@ def main() -> None:
                   f" (per seed {', '.join(f'{v:+.3f}' for v in d['per_seed'])})", flush=True)
     title = (f"ACL, sagittal, synthetic {a.size} px (difficulty {a.difficulty}), valid n={a.valid}, "
              f"{len(seeds)} subset seeds" if not a.data else f"ACL, sagittal: {data}")
-    plot(points, Path(a.docs), title)
+    plot(points, Path(a.docs) if a.docs else HERE.parent / "docs" / f"{a.name}.png", title)
     out = {"data": str(data), "train_exams": n_all, "encoder": a.encoder, "steps": a.steps, "seeds": seeds,
            "points": points, "differences": diffs, "seconds": time.perf_counter() - t0}
     summary = "; ".join(f"n={d['labels']} {d['arm']} {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, "

@@ -17,8 +17,8 @@ import sys
 import numpy as np
 from _common import record
 
-from sbssl.data.cache import roi
 from sbssl.data.localise import knee_region
+from sbssl.data.prepare import roi
 from sbssl.synth.exam import Labels, render_exam
 from sbssl.synth.family import family
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sbssl.data.cache import build_cache, prepare_volume, robust_minmax
+from sbssl.data.cache import build_cache
 from sbssl.data.check import check_dataset
 from sbssl.data.datasets import ExamDataset, SliceDataset
 from sbssl.data.layout import list_exams, read_labels
+from sbssl.data.prepare import prepare_volume, robust_minmax
 from sbssl.data.volume_io import load_volume
 from sbssl.errors import DataError
 

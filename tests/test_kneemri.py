@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from sbssl.config import load_config
-from sbssl.data.cache import prepare_volume, roi, slice_cache_for
+from sbssl.data.cache import slice_cache_for
 from sbssl.data.kneemri import import_kneemri, load_pck, read_metadata
 from sbssl.data.layout import list_exams
+from sbssl.data.prepare import prepare_volume, roi
 from sbssl.engine.finetune import finetune
 from sbssl.engine.inference import load_ensemble
 from sbssl.errors import DataError

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from sbssl.augment import SliceAugment, flip_probability
 from sbssl.config import load_config
-from sbssl.data.cache import prepare_volume, roi
 from sbssl.data.layout import list_exams
+from sbssl.data.prepare import prepare_volume, roi
 from sbssl.engine.finetune import finetune
 from sbssl.engine.inference import load_ensemble
 from sbssl.errors import SbsslError

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from sbssl.data.cache import slice_cache_for
@@ -39,6 +40,27 @@ def test_attention_maps_have_slice_shape_and_sum_to_one(ft_run: Path, tiny_set: 
     w = slice_importance(model, x, lengths)
     assert [len(v) for v in w] == lengths.tolist()
     assert all(abs(v.sum() - 1) < 1e-4 or v.sum() == 0 for v in w)
+
+
+def test_grad_cam_of_the_cnn_lights_the_structure_that_drove_the_exam():
+    """A bright square in one slice of an otherwise empty exam, a head that reads every feature positively: the
+    CNN's Grad-CAM peaks on the square and leaves the empty slices dark."""
+    from sbssl.config import load_config
+    from sbssl.explain import saliency
+    from sbssl.models.build import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier(load_config("finetune/demo", ["model.name=mrnet_cnn", "init=scratch"])).eval()
+    with torch.no_grad():  # logit(positive) - logit(negative) = sum of the pooled features
+        model.head.weight.copy_(torch.stack([-torch.ones(256), torch.ones(256)]) / 2)
+    x = torch.zeros(4, 1, 32, 32)
+    x[2, 0, 20:26, 6:12] = 3.0
+    maps, kind = saliency(model, x, torch.tensor([4]))
+    assert kind.startswith("Grad-CAM") and maps.shape == (4, 32, 32)
+    assert maps[2].sum() == pytest.approx(1.0, abs=1e-4) and maps[[0, 1, 3]].sum() == 0
+    peak = divmod(int(maps[2].argmax()), 32)
+    assert 16 <= peak[0] < 30 and 2 <= peak[1] < 16, peak  # at the square (give or take a receptive field)
+    assert maps[2, 20:26, 6:12].mean() > 3 * maps[2, 0:10, 22:32].mean()  # and brighter there than far from it
 
 
 def test_explain_command(ft_run: Path, tiny_set: Path, tmp_path: Path):

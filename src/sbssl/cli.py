@@ -79,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a fine-tuned run folder")
     p.add_argument("--split", default="valid")
 
-    p = sub.add_parser("explain", help="class-token attention overlays (paper Fig. 5)")
+    p = sub.add_parser("explain", help="where the model looked: class-token attention (ViT, paper Fig. 5) or "
+                                       "Grad-CAM (CNN) overlays, with slice weights")
     _common(p)
     p.add_argument("--model", required=True, help="a fine-tuned run folder")
     p.add_argument("--split", default="valid")
     p.add_argument("--n", type=int, default=6, help="exams to explain")
-    p.add_argument("--block", type=int, default=10, help="the block whose attention is shown (1-indexed)")
+    p.add_argument("--block", type=int, default=10, help="ViT: the block whose attention is shown (1-indexed)")
 
     p = sub.add_parser("predict", help="exam-level probabilities for new exams")
     p.add_argument("--model", required=True, help="a fine-tuned run folder, or one exported by `sbssl export`")

@@ -45,7 +45,9 @@ class ModelConfig:
     in_chans: int = 1
     drop_path: float = 0.1
     skip_blocks: list[int] = field(default_factory=lambda: [6, 8, 10, 12])  # 1-indexed, of depth 12
-    decoder_dim: int = 0  # width of the light decoder's point-wise layers; 0 = encoder width
+    decoder_dim: int = 0  # width of the light decoder's point-wise layers; 0 = encoder width (a CNN's: 128)
+    conv_masking: str = "sparse"  # GMML with a CNN encoder: sparse (masked positions dropped, SparK) | dense
+    # (the corrupted image through plain convolutions): models/gmml_cnn.py
     grad_checkpointing: bool = False
 
 
@@ -146,6 +148,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "finetune.select": ("auc", "last", "auto"),
         "finetune.slice_feature": SLICE_FEATURES.names(),
         "model.stem": STEMS.names(),
+        "model.conv_masking": ("sparse", "dense"),
         "train.nonfinite": ("stop", "skip"),
     }
 

@@ -86,6 +86,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str]
     cmp = compare_runs(out / "finetune-gmml", out / "finetune-scratch", out / "compare")
     step("explain", f"sbssl explain --model {out / 'finetune-gmml'} --data {data} --out {out / 'explain'} --n 4")
     explain(out / "finetune-gmml", data, out / "explain", n=4)
+    if "cnn" in runs:  # the strongest model at this scale has no attention: its Grad-CAM, beside the ViT's maps
+        step("explain cnn", f"sbssl explain --model {out / 'finetune-cnn'} --data {data} --out {out / 'explain-cnn'} "
+                            f"--n 4")
+        explain(out / "finetune-cnn", data, out / "explain-cnn", n=4)
     atomic_write_text(out / "commands.txt", "\n".join(cmds) + "\n")
     step("report", f"sbssl report {out} --out {out / 'report.html'}")
     report = build_report([out], out / "report.html", "sbssl demo: SB-SSL on the synthetic knee MRI set")

@@ -1,10 +1,15 @@
-"""Explanations (paper Fig. 5): class-token attention maps and which slices weighed most; `sbssl explain`.
+"""Explanations (paper Fig. 5): where in each slice the model looked, and which slices weighed most; `sbssl explain`.
 
-The attention of the class token to the patch tokens in one block (10 of 12 by default, the
+ViT: the attention of the class token to the patch tokens in one block (10 of 12 by default, the
 same relative depth in a shallower encoder), averaged over heads and normalised to sum to 1,
 is upsampled to the slice and overlaid in colour. Fused attention never materialises the
 attention matrix, so only the block being read switches to the explicit path, and only
 while explaining.
+
+CNN (which has no attention): Grad-CAM (Selvaraju et al. 2017) of the exam's logit on the last convolutional
+feature map, per read slice, through Captum's `LayerGradCam` (chosen over the `grad-cam` package: pure Python,
+kept by the PyTorch team, and no OpenCV dependency). The exam's features are a max over slices, so a slice that
+wins no feature's max gets no gradient and an empty map: the maps show what drove the decision.
 """
 
 from __future__ import annotations
@@ -58,6 +63,32 @@ def cls_attention(encoder: VisionTransformer, x: torch.Tensor, block: int = 10) 
     return up / up.sum((1, 2), keepdim=True).clamp(min=1e-12)
 
 
+def grad_cam(model: SliceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) Grad-CAM maps of one exam's logit (positive minus negative) on the CNN encoder's last feature map
+    (`encoder.features`), one per read slice, each summing to 1 (0 where nothing drove the logit)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    def exam_logit(slices: torch.Tensor) -> torch.Tensor:
+        logits = model(slices, lengths).float()
+        return logits[:, 1] - logits[:, 0]
+
+    with torch.enable_grad():
+        cam = LayerGradCam(exam_logit, model.encoder.features).attribute(x, relu_attributions=True)
+    up = LayerAttribution.interpolate(cam.detach().float(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    up = up[:, 0].clamp(min=0)
+    return up / up.sum((1, 2), keepdim=True).clamp(min=1e-12)
+
+
+def saliency(model: SliceClassifier, x: torch.Tensor, lengths: torch.Tensor, block: int = 10
+             ) -> tuple[torch.Tensor, str]:
+    """Per read slice, where the model looked: class-token attention for a ViT, Grad-CAM for a CNN."""
+    if isinstance(model.encoder, VisionTransformer):
+        return cls_attention(model.encoder, x, block), f"class-token attention, block {block}"
+    if hasattr(model.encoder, "features"):
+        return grad_cam(model, x, lengths), "Grad-CAM, last conv block"
+    raise TypeError(f"no explanation for a {type(model.encoder).__name__} encoder")
+
+
 @torch.no_grad()
 def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
     """Per exam, how much each (read) slice weighed in the decision.
@@ -84,7 +115,7 @@ def slice_importance(model: SliceClassifier, x: torch.Tensor, lengths: torch.Ten
 
 def overlay_png(path: Path, slices: np.ndarray, maps: np.ndarray, weights: np.ndarray, indices: list[int],
                 title: str, n_total: int) -> None:
-    """Chosen slices with attention overlaid, and a bar chart of slice weights."""
+    """Chosen slices with their saliency (attention or Grad-CAM) overlaid, and a bar chart of slice weights."""
     from sbssl.utils.plotting import pyplot, save_png
 
     plt = pyplot()
@@ -113,18 +144,16 @@ def overlay_png(path: Path, slices: np.ndarray, maps: np.ndarray, weights: np.nd
 
 def explain_exam(model: SliceClassifier, x_u8: torch.Tensor, lengths: torch.Tensor, pre: Preprocessing, block: int,
                  path: Path, title: str, n_total: int, device="cpu") -> dict:
-    """Attention overlay PNG for one exam (x_u8: the slices the model reads)."""
+    """Saliency overlay PNG for one exam (x_u8: the slices the model reads)."""
     x = pre.normalise(x_u8.to(device))
     weights = slice_importance(model, x, lengths.to(device))[0]
-    if isinstance(model.encoder, VisionTransformer):
-        maps = cls_attention(model.encoder, x, block).cpu().numpy()
-    else:
-        maps = np.zeros(x.shape[:1] + x.shape[2:], np.float32)
+    maps, kind = saliency(model, x, lengths.to(device), block)
+    maps = maps.cpu().numpy()
     mid = len(weights) // 2
     top = [int(i) for i in np.argsort(-weights)[:2] if int(i) != mid]
     indices = [mid, *top][:3]
-    overlay_png(path, x_u8[:, 0].numpy(), maps, weights, indices, title, n_total)
-    return {"weights": weights.tolist(), "shown": indices, "maps": maps}
+    overlay_png(path, x_u8[:, 0].numpy(), maps, weights, indices, f"{title}\n{kind}", n_total)
+    return {"weights": weights.tolist(), "shown": indices, "maps": maps, "kind": kind}
 
 
 def explain(model_dir: Path, root: Path, out: Path, split: str = "valid", n: int = 6, block: int = 10,

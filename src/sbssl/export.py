@@ -5,28 +5,24 @@ classifier reads (evenly spaced, as in training), the intensity normalisation, e
 aggregator and head, and the ensemble mean. Its input is one exam's prepared slices (`Preprocessing.prepare`:
 uint8 values, any number of slices, as float32); its outputs are P(positive) and each member's. The folder holds
 `exam_classifier.onnx` and `export.json` (the preprocessing record, the task, the decision threshold), all a
-hospital system needs besides onnxruntime and the preparation step.
+hospital system needs besides onnxruntime and sbssl's numpy preparation step: sbssl/exported.py reads and scores
+such a folder without torch.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from sbssl import __version__
 from sbssl.data.datasets import resample_index
-from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine.inference import Ensemble, load_ensemble
-from sbssl.errors import SbsslError
+from sbssl.exported import FORMAT, GRAPH, RECORD
 from sbssl.utils.io import atomic_write, atomic_write_json
 
-GRAPH, RECORD = "exam_classifier.onnx", "export.json"
-FORMAT = "sbssl-onnx-export"
 OPSET = 18
 THRESHOLD = 0.5  # the decision threshold of every reported accuracy
 
@@ -79,35 +75,3 @@ def export_onnx(run: Path, out: Path, dynamo: bool = False) -> Path:
         "slices_read": ens.models[0].slices, "threshold": THRESHOLD, "preprocessing": ens.pre.to_dict(),
         "input": "one exam's prepared slices (Preprocessing.prepare), (slices, H, W) uint8 values as float32"})
     return out
-
-
-def is_export(folder: Path) -> bool:
-    return (Path(folder) / RECORD).is_file()
-
-
-class OnnxExamClassifier:
-    """An exported folder scored with onnxruntime: the same preparation, then the graph."""
-
-    def __init__(self, folder: Path):
-        folder = Path(folder)
-        try:
-            rec = json.loads((folder / RECORD).read_text())
-            if rec.get("format") != FORMAT:
-                raise ValueError("not an sbssl export")
-            self.pre = Preprocessing.from_dict(rec["preprocessing"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SbsslError(f"{folder / RECORD}: damaged export record ({str(e)[:80]})") from None
-        self.record, self.task = rec, str(rec["task"])
-        try:
-            import onnxruntime as ort
-        except ModuleNotFoundError:
-            raise SbsslError("scoring an exported model needs onnxruntime: pip install 'sbssl[onnx]'") from None
-        try:
-            self.session = ort.InferenceSession(str(folder / GRAPH), providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types for a missing or damaged graph
-            raise SbsslError(f"{folder / GRAPH}: not a loadable ONNX graph ({str(e).splitlines()[0][:100]})") from None
-
-    def probability(self, prepared: np.ndarray) -> tuple[float, np.ndarray]:
-        """(P(positive), each member's) of one exam's prepared uint8 slices."""
-        p, members = self.session.run(None, {"slices": prepared.astype(np.float32)})
-        return float(p), np.asarray(members)

@@ -9,18 +9,20 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sbssl.data.cache import SliceCache
-from sbssl.data.datasets import gather_exams
 from sbssl.data.layout import ROI_FILE, case_key, read_roi_boxes
 from sbssl.data.volume_io import case_id, is_volume_path, load_volume
-from sbssl.engine.inference import Ensemble, compile_for_inference, load_ensemble
 from sbssl.errors import DataError, SbsslError
 from sbssl.evaluation.report_files import write_member_predictions, write_predictions
-from sbssl.explain import explain_exam
+from sbssl.exported import OnnxExamClassifier, is_export
 from sbssl.utils.rundir import FUSION, PREDICTIONS
+
+if TYPE_CHECKING:  # torch is imported where a run folder is scored: an exported folder needs none
+    from sbssl.data.cache import SliceCache
+    from sbssl.engine.inference import Ensemble
 
 log = logging.getLogger("sbssl")
 
@@ -56,6 +58,8 @@ def roi_box(ens, path: Path, name: str) -> tuple[int, ...] | None:
 def exam_cache(vol: np.ndarray, ens: Ensemble, name: str, box: tuple[int, ...] | None = None
                ) -> SliceCache:
     """One exam prepared exactly as in training, wrapped as a one-exam cache."""
+    from sbssl.data.cache import SliceCache
+
     try:
         u8 = ens.pre.prepare(vol, box)
     except ValueError as e:
@@ -73,8 +77,6 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
     """Writes predictions.csv (most probable first) and overlays; returns the number of failed inputs.
     A fused run (`sbssl fuse`) takes exams as folders with sagittal/, coronal/ and axial/ series instead; an
     exported folder (`sbssl export`) is scored with onnxruntime (`runtime`: auto, torch or onnx)."""
-    from sbssl.export import is_export
-
     exported = is_export(model_dir)
     if runtime == "onnx" and not exported:
         raise SbsslError(f"{model_dir}: --runtime onnx scores an exported folder: sbssl export --model "
@@ -85,6 +87,10 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
         return predict_onnx(model_dir, inputs, out)
     if (Path(model_dir) / FUSION).is_file():
         return predict_fused(model_dir, inputs, out, device)
+    from sbssl.data.datasets import gather_exams
+    from sbssl.engine.inference import compile_for_inference, load_ensemble
+    from sbssl.explain import explain_exam
+
     ens = load_ensemble(model_dir, device)
     scorers = [compile_for_inference(m) for m in ens.models] if compile else ens.models
     files = expand_inputs(inputs)
@@ -115,8 +121,6 @@ def predict(model_dir: Path, inputs: list[Path], out: Path, device: str = "cpu",
 
 def predict_onnx(model_dir: Path, inputs: list[Path], out: Path) -> int:
     """predictions.csv from an exported folder, through onnxruntime (no overlays: they read the attention)."""
-    from sbssl.export import OnnxExamClassifier
-
     clf = OnnxExamClassifier(model_dir)
     files = expand_inputs(inputs)
     if not files:
@@ -165,6 +169,7 @@ def predict_fused(model_dir: Path, inputs: list[Path], out: Path, device: str = 
     fused probability (most probable first) and predictions_planes.csv; returns the number of failures."""
     import json
 
+    from sbssl.engine.inference import load_ensemble
     from sbssl.evaluation.fusion import fused_probability
 
     fusion = json.loads((Path(model_dir) / FUSION).read_text())

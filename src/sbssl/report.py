@@ -58,8 +58,8 @@ def discover(roots: list[Path]) -> Found:
                 f.compare.append(p)
             if (p / METRICS).exists() and (p / FUSION).exists():
                 f.fused.append(p)
-            if p.name == "explain":
-                f.overlays.extend(sorted(p.glob("*.png")))
+            if p.name == "explain" or p.name.startswith("explain-"):  # explain-cnn: the CNN's Grad-CAM
+                f.overlays.extend(sorted(p.glob("*.png"))[:4])  # four per model, side by side
         if (root / "commands.txt").exists():
             f.commands.extend(root.joinpath("commands.txt").read_text().splitlines())
     return f
@@ -81,7 +81,8 @@ def _n_params(run: Path) -> int:
 
 def _method(m: dict) -> str:
     if m.get("model") in CNNS:
-        return "Random init CNN (MRNet-style)"
+        gmml = str(m.get("init", "")).startswith("gmml:")
+        return "GMML-pretrained CNN (beyond the paper)" if gmml else "Random init CNN (MRNet-style)"
     if str(m.get("init", "")).startswith("gmml:"):
         return "SB-SSL (GMML pretrained)"
     return "Random init ViT"
@@ -124,7 +125,7 @@ def build_report(roots: list[Path], out: Path, title: str = "sbssl report") -> P
         "rocs": [{"name": r.name, "img": _png_uri(r / ROC)} for r in found.finetune if (r / ROC).exists()],
         "recons": [{"run": run.name, "epoch": g[-1].stem, "img": _png_uri(g[-1])} for run in found.pretrain
                    if (g := sorted((run / "recon").glob("epoch_*.png")))],
-        "overlays": [{"name": p.stem, "img": _png_uri(p)} for p in found.overlays[:6]],
+        "overlays": [{"name": f"{p.parent.name}/{p.stem}", "img": _png_uri(p)} for p in found.overlays[:8]],
         "curves": _png_uri(c) if (c := _curves_png(found)) else None,
         "commands": found.commands,
         "configs": [{"name": run.name, "text": (run / CONFIG).read_text()} for run in found.pretrain + found.finetune],

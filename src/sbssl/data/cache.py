@@ -17,83 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from sbssl.data.layout import ROI_FILE, ExamRecord, list_exams
 from sbssl.data.localise import knee_region
+from sbssl.data.prepare import Box, prepare_volume, roi
 from sbssl.data.volume_io import load_npy, load_volume
 from sbssl.errors import DataError
 from sbssl.utils.io import atomic_write, atomic_write_json
 
 CACHE_VERSION = 2
-Box = tuple[int, int, int, int, int, int]  # x, y, z, height, width, depth
-
-
-def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0, box: Box | None = None,
-        knee: bool = False) -> np.ndarray:
-    """The region of interest: the central `slab` fraction of the stack and the central `crop` fraction of
-    each side of the field. Knee pipelines centre-crop (MRNet solutions) because the cruciates and menisci sit
-    in the middle of a knee series, while its edges hold look-alikes (vessels, recesses, effusion).
-    With `knee` (data.roi=knee) the region follows the knee instead of the field's centre (data/localise.py).
-    With an annotated `box` (KneeMRI's ROI around the cruciate), the region is the box's slices and the
-    smallest square holding the box in-plane (square, so resizing keeps the aspect; shifted inside the field
-    where the box lies at its edge); crop and slab then do not apply."""
-    if box is not None:
-        return box_roi(vol, box)
-    if knee:
-        return vol[knee_region(vol, crop, slab)]
-    n, h, w = vol.shape
-    if slab < 1.0:
-        lo, hi = (1 - slab) / 2 * (n - 1), (1 + slab) / 2 * (n - 1)
-        a, b = int(np.ceil(lo - 1e-6)), int(np.floor(hi + 1e-6))
-        if b < a:  # a slab narrower than one slice spacing: the slice nearest the centre
-            a = b = int(round((n - 1) / 2))
-        vol = vol[a: b + 1]
-    if crop < 1.0:
-        ch, cw = max(1, round(crop * h)), max(1, round(crop * w))
-        r, c = (h - ch) // 2, (w - cw) // 2
-        vol = vol[:, r: r + ch, c: c + cw]
-    return vol
-
-
-def box_roi(vol: np.ndarray, box: Box) -> np.ndarray:
-    x, y, z, bh, bw, depth = box
-    n, h, w = vol.shape
-    if z >= n or y >= h or x >= w:
-        raise ValueError(f"ROI box {box} lies outside the volume of shape {vol.shape}")
-    side = min(max(bh, bw), h, w)
-    r = int(np.clip(y + bh // 2 - side // 2, 0, h - side))
-    c = int(np.clip(x + bw // 2 - side // 2, 0, w - side))
-    return vol[z: min(z + depth, n), r: r + side, c: c + side]
-
-
-def robust_minmax(vol: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
-    """Per-volume intensity scaling to [0, 1], robust to a few hot or dead voxels."""
-    v = np.asarray(vol, np.float32)
-    sample = v[:, ::2, ::2] if v.shape[1] > 64 else v
-    lo, hi = np.percentile(sample, [lo_pct, hi_pct])
-    if hi <= lo:
-        return np.zeros_like(v)
-    return np.clip((v - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0, dtype=np.float32)
-
-
-def resize_slices(vol01: np.ndarray, size: int) -> np.ndarray:
-    """(S, H, W) in [0, 1] -> (S, size, size), antialiased bilinear."""
-    if vol01.shape[1:] == (size, size):
-        return vol01
-    t = torch.from_numpy(np.ascontiguousarray(vol01))[:, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0].numpy()
-
-
-def prepare_volume(vol: np.ndarray, size: int, crop: float = 1.0, slab: float = 1.0,
-                   box: Box | None = None, knee: bool = False) -> np.ndarray:
-    """The exact preprocessing of training, for any volume (used by predict too)."""
-    x = resize_slices(robust_minmax(roi(vol, crop, slab, box, knee)), size)
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 @dataclass
 class SliceCache:
     """uint8 slices (N, S, S) + per-exam offsets; mean/std of slices scaled to [0, 1]."""

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from omegaconf import DictConfig
 
-from sbssl.data.cache import prepare_volume
 from sbssl.data.layout import ROI_MODES
+from sbssl.data.prepare import prepare_volume
+
+if TYPE_CHECKING:  # the record and `prepare` are torch-free: an exported model scores without torch
+    import torch
+    from omegaconf import DictConfig
 
 
 @dataclass(frozen=True)

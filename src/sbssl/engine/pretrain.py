@@ -1,7 +1,8 @@
 """Stage 1: GMML self-supervised pretraining on single slices (paper section 3.2, 4.1).
 
 One step: uint8 slices -> [0, 1] -> augment -> normalise -> group-mask -> ViT ->
-averaged skip blocks -> light decoder -> L1 on masked pixels -> AdamW. Everything after
+averaged skip blocks -> light decoder -> L1 on masked pixels -> AdamW. With a CNN (`model.name=mrnet_cnn`), the
+encoder and decoder of models/gmml_cnn.py take the ViT's place; the rest is the same. Everything after
 the cache read is batched on the training device.
 """
 
@@ -32,6 +33,7 @@ from sbssl.errors import SbsslError
 from sbssl.models.build import build_gmml
 from sbssl.models.encoder_file import save_encoder
 from sbssl.models.gmml import GMMLAutoencoder
+from sbssl.models.gmml_cnn import GMMLConvAutoencoder
 from sbssl.utils.draw import Draw
 from sbssl.utils.io import atomic_write_json, atomic_write_text, trim_jsonl
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG, RUN
@@ -53,7 +55,7 @@ class _Run:
 
     cfg: DictConfig
     out: Path
-    model: GMMLAutoencoder
+    model: GMMLAutoencoder | GMMLConvAutoencoder
     trainer: Trainer
     dataset: SliceDataset
     task: GMMLTask
@@ -90,6 +92,10 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         raise SbsslError(f"{root}: {len(dataset)} slices are fewer than one global batch ({global_batch})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_gmml(cfg)
+    align = getattr(model, "required_align", 1)
+    if cfg.mask.align % align:
+        raise SbsslError(f"mask.align={cfg.mask.align}: GMML with model.conv_masking=sparse needs mask groups aligned "
+                         f"with the encoder's stride, a multiple of {align} (or model.conv_masking=dense)")
     torch.manual_seed(cfg.train.seed + fabric.global_rank)
     lr = cfg.train.lr * global_batch / 256
     model_f, opt_f = fabric.setup(model, torch.optim.AdamW(param_groups(model), lr=lr))
@@ -193,7 +199,8 @@ def _global_count(fabric, count: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def save_recon_grid(model: GMMLAutoencoder, task: GMMLTask, x_u8: torch.Tensor, path: Path, seed: int) -> None:
+def save_recon_grid(model: GMMLAutoencoder | GMMLConvAutoencoder, task: GMMLTask, x_u8: torch.Tensor, path: Path,
+                    seed: int) -> None:
     """Rows: original, corrupted, reconstruction, mask (as the paper's Fig. 4)."""
     from sbssl.utils.plotting import pyplot, save_png
 

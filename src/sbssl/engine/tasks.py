@@ -50,7 +50,7 @@ class GMMLTask:
         """`global_count` turns this rank's count of corrupted pixels into the global batch's mean count, so
         that the DDP gradient equals one process's."""
         target, corrupted, mask = self.inputs(x_u8, draw, augment)
-        recon = model(corrupted).float()
+        recon = model(corrupted, mask).float()  # a ViT sees the corrupted image; a sparse CNN drops the mask
         count = mask.to(recon.dtype).expand_as(recon).sum()
         if global_count is not None:
             count = global_count(count)

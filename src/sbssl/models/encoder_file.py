@@ -13,28 +13,30 @@ import torch
 from omegaconf import DictConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
-from timm.models.vision_transformer import VisionTransformer
 
 from sbssl.config import load_config
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.errors import SbsslError
 from sbssl.models.vit import in_chans_of, stem_of
-from sbssl.registry import VITS
+from sbssl.registry import CNNS, VITS
 from sbssl.utils.io import atomic_write
 from sbssl.utils.rundir import ENCODER
 
 FORMAT = "sbssl-gmml-encoder"
 
 
-def encoder_meta(encoder: VisionTransformer, name: str) -> dict[str, str]:
+def encoder_meta(encoder: torch.nn.Module, name: str) -> dict[str, str]:
     """What rebuilds the encoder (stored in safetensors metadata); a patch-stem encoder loads into
-    `timm.create_model` as it is (with `depth=` when it has fewer blocks than the named model)."""
+    `timm.create_model` as it is (with `depth=` when it has fewer blocks than the named model). A CNN is rebuilt
+    from its name, input size and channels."""
+    if name in CNNS:
+        return {"name": name, "img_size": str(encoder.img_size), "in_chans": str(encoder.in_chans)}
     return {"timm_name": VITS[name], "name": name, "img_size": str(encoder.patch_embed.img_size[0]),
             "patch_size": str(encoder.patch_embed.patch_size[0]), "in_chans": str(in_chans_of(encoder)),
             "stem": stem_of(encoder), "depth": str(len(encoder.blocks))}
 
 
-def save_encoder(encoder: VisionTransformer, name: str, pre: Preprocessing, path: Path) -> None:
+def save_encoder(encoder: torch.nn.Module, name: str, pre: Preprocessing, path: Path) -> None:
     """The encoder alone, as timm names its weights, plus what rebuilds it and its preprocessing record."""
     meta = {**encoder_meta(encoder, name), **pre.to_meta(), "format": FORMAT}
     sd = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
@@ -70,10 +72,14 @@ class PretrainedEncoder:
     def architecture(self) -> dict[str, dict]:
         """The model and input-geometry keys a classifier must take from the encoder, as a config fragment; the
         intensity scaling travels in the preprocessing record. Encoders written before `depth` existed have the
-        named model's depth (0); before the region of interest existed, they saw the whole field (1.0)."""
+        named model's depth (0); before the region of interest existed, they saw the whole field (1.0). A CNN has
+        no patch, stem or depth to fix."""
         m = self.meta
-        return {"model": {"name": m["name"], "patch_size": int(m["patch_size"]), "in_chans": int(m["in_chans"]),
-                          "stem": m.get("stem", "patch"), "depth": int(m.get("depth", 0))},
+        model = {"name": m["name"], "in_chans": int(m["in_chans"])}
+        if m["name"] not in CNNS:
+            model |= {"patch_size": int(m["patch_size"]), "stem": m.get("stem", "patch"),
+                      "depth": int(m.get("depth", 0))}
+        return {"model": model,
                 "data": {"img_size": int(m["img_size"]), "crop": float(m.get("crop", 1.0)),
                          "slab": float(m.get("slab", 1.0))}}
 
@@ -125,7 +131,7 @@ def encoder_init(init: str) -> PretrainedEncoder | None:
     return enc
 
 
-def load_encoder(name_or_path: str | Path) -> tuple[VisionTransformer, Preprocessing]:
+def load_encoder(name_or_path: str | Path) -> tuple[torch.nn.Module, Preprocessing]:
     """The pretrained encoder (`builtin:cpu`, an encoder file or a GMML run folder), built as it was trained and
     in eval mode, with the preprocessing its inputs need (`Preprocessing.prepare`, then `.normalise`)."""
     from sbssl.models.build import build_encoder

@@ -53,7 +53,8 @@ class GMMLAutoencoder(nn.Module):
         self.head = ReconstructionHead(encoder.embed_dim, pe.patch_size[0], in_chans_of(encoder), decoder_dim)
         encoder.set_grad_checkpointing(checkpointing)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: the corrupted slices; `mask` is unused (the paper's encoder sees the corruption as it is)."""
         outs = block_outputs(self.encoder, x, self.skip)
         tokens = self.encoder.norm(torch.stack(outs).mean(0))
         return self.head(tokens[:, self.encoder.num_prefix_tokens:], self.grid)

@@ -135,7 +135,7 @@ class MRNetCNN(nn.Module):
         self.features = nn.Sequential(
             *block(in_chans, 64, k, s), nn.MaxPool2d(3, 2, 1), *block(64, 192, 5), nn.MaxPool2d(3, 2, 1),
             *block(192, 384, 3), *block(384, 256, 3), *block(256, 256, 3))
-        self.embed_dim = 256
+        self.embed_dim, self.in_chans, self.img_size = 256, in_chans, img_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_max_pool2d(self.features(x), 1).flatten(1)
