@@ -1,4 +1,4 @@
-"""Shared bits of the benchmark scripts: timing, machine description, RESULTS.md rows."""
+"""Shared bits of the benchmark scripts: timing, machine description, dated runs and the RESULTS.md table."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -72,20 +73,44 @@ def gmml_train_step(cfg, dev: torch.device, x_u8: torch.Tensor, bf16: bool, comp
     return step
 
 
-def record(name: str, result: dict, command: str, summary: str) -> None:
-    """Write benchmarks/results/NAME.json and append a row to RESULTS.md."""
-    result = {"benchmark": name, "machine": machine(), "date": _dt.date.today().isoformat(), "command": command,
-              **result}
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = HERE / "RESULTS.md"
-    if not md.exists():
-        md.write_text("# Benchmark results\n\n"
-                      "| date | benchmark | machine | command | result |\n|---|---|---|---|---|\n")
-    with open(md, "a") as f:
-        f.write(f"| {result['date']} | {name} | {result['machine']} | `{command}` | {summary} |\n")
-    print(json.dumps(result, indent=2))
+def record(name: str, result: dict, command: str, summary: str, benchmark: str | None = None) -> None:
+    """Add a dated run to benchmarks/results/BENCHMARK.json (BENCHMARK: the script's name) and rewrite RESULTS.md,
+    the current table. A rerun on the same day and machine replaces that day's run of the same name."""
+    benchmark = benchmark or Path(sys.argv[0]).stem
+    run = {"name": name, "date": _dt.date.today().isoformat(), "machine": machine(), "command": command,
+           "summary": summary, **result}
+    path = HERE / "results" / f"{benchmark}.json"
+    path.parent.mkdir(exist_ok=True)
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    runs = [r for r in runs if (r["name"], r["date"], r["machine"]) != (name, run["date"], run["machine"])]
+    path.write_text(json.dumps({"benchmark": benchmark, "runs": [*runs, run]}, indent=1) + "\n")
+    write_results_table()
+    print(json.dumps(run, indent=2))
+
+
+def _device_kind(machine_name: str) -> str:
+    return "gpu" if any(k in machine_name for k in ("NVIDIA", "H100", "H200", "A100")) else "cpu"
+
+
+def write_results_table() -> Path:
+    """RESULTS.md: the newest run of each benchmark's named measurement, per device kind (CPU, GPU); every dated
+    run stays in results/BENCHMARK.json."""
+    rows = []
+    for path in sorted((HERE / "results").glob("*.json")):
+        latest: dict[tuple[str, str], dict] = {}
+        for r in json.loads(path.read_text())["runs"]:
+            latest[(r["name"], _device_kind(r["machine"]))] = r  # runs are kept in date order
+        rows += [(path.stem, r) for _, r in sorted(latest.items())]
+    lines = ["# Benchmark results: the current table", "",
+             "The newest run of each measurement (per benchmark script, name and device kind). Every dated run, "
+             "with its raw numbers, is in `results/BENCHMARK.json` (`runs`, oldest first); GPU runs' raw files are "
+             "in `results/gpu/`. Paths are placeholders: DATA, WORK, ENCODER.", "",
+             "| benchmark | name | date | machine | command | result |", "|---|---|---|---|---|---|"]
+    lines += [f"| {b} | {r['name']} | {r['date']} | {r['machine']} | `{r['command']}` | {r['summary']} |"
+              for b, r in rows]
+    out = HERE / "RESULTS.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out
 
 
 def vit_flops(enc, n_tokens: int) -> float:

@@ -75,7 +75,7 @@ def main() -> None:
     model_ips = None
     ps = HERE / "results" / "pretrain_step.json"
     if ps.exists():
-        r = json.loads(ps.read_text())
+        r = json.loads(ps.read_text())["runs"][-1]  # the newest pretrain_step run
         if r.get("img") == a.img and r.get("device") == "cpu":
             model_ips = max(v["gmml_img_s"] for v in r.values() if isinstance(v, dict) and "gmml_img_s" in v)
     out = {"img": a.img, "batch": a.batch, "pipeline_slices_s_1core": a.batch / t_pipe,

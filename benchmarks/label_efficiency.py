@@ -18,7 +18,7 @@ scratch row), so a difference measures the pretraining, not the aggregator. The 
 recipe (finetune/demo with demo.ARMS["cnn"]: max over slices, lr 3.2e-2, no read-out) from random init (`cnn`)
 and from a GMML-pretrained CNN (`gmml-cnn`, --cnn-encoder: `sbssl pretrain --config pretrain/gmml_cnn_cpu`),
 and are paired with each other; `--cnn-encoder NAME=RUN` adds more pretrained CNN arms (`gmml-cnn-NAME`).
-Writes results/NAME.json, a RESULTS.md row and docs/NAME.png.
+Adds a run to results/label_efficiency.json (named NAME), rewrites RESULTS.md and draws docs/NAME.png.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ its epoch chosen on a stratified fifth of train, then scored once on valid:
   cnn  - the MRNet-style CNN baseline from random init;
   vit  - the CPU recipe's ViT from random init (supervised only);
   gmml - the same ViT from the shipped GMML encoder (builtin:cpu).
-Each row: valid AUC with its 2,000-resample stratified bootstrap interval. Writes results/learnability.json and
-a RESULTS.md row.
+Each row: valid AUC with its 2,000-resample stratified bootstrap interval. Adds a run to results/learnability.json
+and rewrites RESULTS.md.
 """
 
 from __future__ import annotations

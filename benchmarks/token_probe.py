@@ -11,8 +11,8 @@ scored on valid:
 - tokens: a linear score per standardised patch token, the exam's score a smooth max of all of them
   (log-mean-exp, sharpness 4: `finetune.aggregator=instance`), trained full-batch (AdamW 1e-2, 600 steps,
   positives weighted to balance).
-Both read-outs on the same encoder with random weights are the control. Writes results/token_probe.json and a
-RESULTS.md row. No held-out selection happens (fixed recipe), so valid is looked at once per fit.
+Both read-outs on the same encoder with random weights are the control. Adds a run to results/token_probe.json and
+rewrites RESULTS.md. No held-out selection happens (fixed recipe), so valid is looked at once per fit.
 """
 
 from __future__ import annotations

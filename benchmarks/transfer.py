@@ -16,7 +16,7 @@ pretrained on selection families), paired against random init, the CNN and the s
 
 Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
 `--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
-Writes results/NAME.json and a RESULTS.md row.
+Adds a run (named NAME) to results/transfer.json and rewrites RESULTS.md.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--encoder", nargs="*", default=[], metavar="NAME=PATH",
                     help="extra arms: the GMML recipe from these encoders")
     ap.add_argument("--name", default="transfer")
-    ap.add_argument("--out-json", help="write the result here instead of results/NAME.json and RESULTS.md")
+    ap.add_argument("--out-json", help="write the result here instead of results/transfer.json and RESULTS.md")
     a = ap.parse_args()
     work, arms = Path(a.work), [x for x in a.arms.split(",") if x]
     unknown = [x for x in arms if x not in ARMS and x != "own"]

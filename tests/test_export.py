@@ -83,7 +83,8 @@ def test_onnx_scores_as_pytorch_on_two_slice_counts(which: str, ft_run: Path, in
     assert all(abs(a[k] - b[k]) <= 1e-4 for k in a)
     if which == "concat":  # a hospital system without torch: the same predictions from the exported folder
         argv = ["predict", "--model", str(exported), str(exams), "--out", str(tmp_path / "p-no-torch")]
-        code = NO_TORCH + f"from sbssl.cli import main\nrc = main({argv!r})\nassert 'torch' not in sys.modules\nsys.exit(rc)"
+        code = NO_TORCH + (f"from sbssl.cli import main\nrc = main({argv!r})\n"
+                           "assert 'torch' not in sys.modules\nsys.exit(rc)")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         assert _rows(tmp_path / "p-no-torch" / "predictions.csv") == a
