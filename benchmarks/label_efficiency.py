@@ -35,10 +35,10 @@ from _common import HERE, record  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.data.layout import list_exams  # noqa: E402
-from sbssl.engine.finetune import finetune  # noqa: E402
 from sbssl.evaluation.metrics import paired_auc_difference  # noqa: E402
 from sbssl.evaluation.report_files import load_metrics, read_predictions  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
+from sbssl.workflow import finetune  # noqa: E402
 
 ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML, frozen, token scoring",
         "mil-random": "random, frozen, token scoring", "lpft": "GMML, token read-out fitted, then fine-tuned",

@@ -24,9 +24,9 @@ from _common import record  # noqa: E402
 from label_efficiency import epochs_for  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
-from sbssl.engine.finetune import finetune  # noqa: E402
 from sbssl.evaluation.report_files import load_metrics  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
+from sbssl.workflow import finetune  # noqa: E402
 
 MODELS = {"cnn": ["init=scratch", "model.name=mrnet_cnn", "train.lr=3.2e-2"],
           "vit": ["init=scratch"],

@@ -32,11 +32,11 @@ from _common import record  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.demo import ARMS  # noqa: E402
-from sbssl.engine.finetune import finetune  # noqa: E402
 from sbssl.engine.pretrain import pretrain  # noqa: E402
 from sbssl.evaluation.report_files import compare_runs, load_metrics  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 from sbssl.utils.rundir import ENCODER, METRICS  # noqa: E402
+from sbssl.workflow import finetune  # noqa: E402
 
 PAIRS = (("gmml", "scratch"), ("own", "scratch"), ("gmml", "cnn"), ("own", "cnn"), ("own", "gmml"))
 

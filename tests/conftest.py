@@ -57,7 +57,7 @@ def gmml_roi_run(tiny_set: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
     """A tiny finished 2-member fine-tuning run from the GMML encoder."""
-    from sbssl.engine.finetune import finetune
+    from sbssl.workflow import finetune
 
     out = tmp_path_factory.mktemp("ft") / "gmml"
     finetune(load_config(None, FT + [f"init={gmml_run}"]), tiny_set, out)

@@ -20,7 +20,7 @@ from .conftest import TINY_VIT, assert_user_error, run_cli
 @pytest.fixture(scope="module")
 def instance_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
     """The demo's aggregator (a smooth max over every patch token's score), read-out only: seconds."""
-    from sbssl.engine.finetune import finetune
+    from sbssl.workflow import finetune
 
     out = tmp_path_factory.mktemp("inst") / "run"
     finetune(load_config(None, TINY_VIT + [f"init={gmml_run}", "finetune.aggregator=instance", "train.epochs=0",

@@ -15,7 +15,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
 from sbssl.data.datasets import resample_index
-from sbssl.engine.finetune import choose_on_heldout, finetune
+from sbssl.engine.finetune import choose_on_heldout
 from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_difference
 from sbssl.evaluation.report_files import read_predictions
@@ -24,6 +24,7 @@ from sbssl.models.encoder_file import encoder_init
 from sbssl.models.slice_classifier import InstanceAggregator, MRNetCNN, SliceClassifier
 from sbssl.models.vit import create_encoder
 from sbssl.registry import AGGREGATORS
+from sbssl.workflow import finetune
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 

@@ -24,7 +24,7 @@ def probabilities(path: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def plane_runs(tiny_set: Path, tmp_path_factory) -> dict[str, Path]:
     """One tiny meniscus run per plane, from scratch, with the same seed and held-out fraction."""
-    from sbssl.engine.finetune import finetune
+    from sbssl.workflow import finetune
 
     root = tmp_path_factory.mktemp("planes")
     runs = {}

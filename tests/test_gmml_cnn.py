@@ -65,10 +65,10 @@ def test_sparse_groups_must_align_with_the_cnn_stride(tiny_set: Path, tmp_path: 
 
 def test_gmml_cnn_pretrains_and_its_encoder_starts_the_cnn_classifier(tiny_set: Path, tmp_path: Path):
     import sbssl
-    from sbssl.engine.finetune import finetune
     from sbssl.engine.pretrain import pretrain
     from sbssl.models.build import build_classifier
     from sbssl.models.encoder_file import encoder_init
+    from sbssl.workflow import finetune
 
     pre = tmp_path / "pre"
     pretrain(load_config("pretrain/gmml_cnn_cpu", [*CNN, "train.epochs=3"]), tiny_set, pre)

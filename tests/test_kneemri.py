@@ -16,10 +16,10 @@ from sbssl.data.cache import slice_cache_for
 from sbssl.data.kneemri import import_kneemri, load_pck, read_metadata
 from sbssl.data.layout import list_exams
 from sbssl.data.prepare import prepare_volume, roi
-from sbssl.engine.finetune import finetune
 from sbssl.engine.inference import load_ensemble
 from sbssl.errors import DataError
 from sbssl.predict import predict
+from sbssl.workflow import finetune
 
 from .conftest import FT, TINY_VIT, assert_user_error, run_cli
 

@@ -19,11 +19,11 @@ from sbssl.data.cache import SliceCache, pooled_statistics, slice_cache_for
 from sbssl.data.datasets import SliceDataset
 from sbssl.data.layout import PLANES
 from sbssl.engine import checkpoint as ckpt
-from sbssl.engine.finetune import finetune
 from sbssl.engine.pretrain import pretrain
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_gmml
 from sbssl.models.gmml import masked_l1, skip_indices
+from sbssl.workflow import finetune
 
 from .conftest import run_cli
 

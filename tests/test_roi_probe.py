@@ -14,13 +14,13 @@ from sbssl.augment import SliceAugment, flip_probability
 from sbssl.config import load_config
 from sbssl.data.layout import list_exams
 from sbssl.data.prepare import prepare_volume, roi
-from sbssl.engine.finetune import finetune
 from sbssl.engine.inference import load_ensemble
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import encoder_init
 from sbssl.models.vit import create_encoder, set_slice_feature
 from sbssl.predict import predict
+from sbssl.workflow import finetune
 
 from .conftest import FT
 

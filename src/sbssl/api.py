@@ -49,7 +49,7 @@ def pretrain(config: str | Path | DictConfig | None, data: str | Path, out: str 
 def finetune(config: str | Path | DictConfig | None, data: str | Path, out: str | Path,
              overrides: Sequence[str] = (), *, overwrite: bool = False, resume: bool = False) -> Path:
     """Stage 2, the exam classifier ensemble (`sbssl finetune`), scored once on the valid split; returns the run."""
-    from sbssl.engine.finetune import finetune as _finetune
+    from sbssl.workflow import finetune as _finetune
 
     return _finetune(_config(config, overrides), Path(data), Path(out), overwrite=overwrite, resume=resume)
 

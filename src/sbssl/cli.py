@@ -233,8 +233,8 @@ def cmd_check(a: argparse.Namespace) -> None:
 
 def cmd_finetune(a: argparse.Namespace) -> None:
     cfg = _config(a)  # a config fault is reported before torch and Fabric are imported (seconds)
-    from sbssl.engine.finetune import finetune
     from sbssl.evaluation.report_files import load_metrics
+    from sbssl.workflow import finetune
 
     out = finetune(cfg, _data_root(a, cfg), _out(a), overwrite=a.overwrite, resume=a.resume)
     m = load_metrics(out)

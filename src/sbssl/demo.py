@@ -42,13 +42,13 @@ QUICK = DemoSize(32, 32, 64, ["train.epochs=1", "train.batch_size=32", "train.re
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, overrides: list[str] | None = None) -> dict:
     from sbssl.data.check import check_dataset
-    from sbssl.engine.finetune import finetune
     from sbssl.engine.pretrain import pretrain
     from sbssl.evaluation.report_files import compare_runs, load_metrics
     from sbssl.explain import explain
     from sbssl.report import build_report
     from sbssl.synth import SynthSpec, generate
     from sbssl.utils.io import atomic_write_text
+    from sbssl.workflow import finetune
 
     size = QUICK if quick else FULL
     extra = list(overrides or [])

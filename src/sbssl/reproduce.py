@@ -67,7 +67,7 @@ class Step:
 
             pretrain(load_config(self.config, self.overrides), data, self.out, resume=self.out.exists())
         elif self.kind == "finetune":
-            from sbssl.engine.finetune import finetune
+            from sbssl.workflow import finetune
 
             finetune(load_config(self.config, self.overrides), data, self.out, resume=self.out.exists())
         else:

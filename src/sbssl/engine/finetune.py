@@ -5,7 +5,7 @@ the pretraining augmentations drawn once per exam (shared by its slices), cross-
 AdamW with warmup + cosine. The epoch kept is the one with the best AUC on a held-out,
 stratified part of the *train* split, when that part can rank exams (`finetune.select`); with
 fewer labels every labelled exam fits and the last epoch is kept. The reported split is never
-looked at until the ensemble is final.
+looked at here: `sbssl.workflow.finetune` scores it once the ensemble is final.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,40 +28,28 @@ from sbssl.data.datasets import ExamDataset, gather_index, loader
 from sbssl.data.layout import ALL_PLANES, synth_family
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
-from sbssl.engine.inference import (
-    config_json,
-    load_ensemble,
-    predict_probs,
-    rows_read,
-    score_split,
-    slice_feature_table,
-)
+from sbssl.engine.inference import config_json, predict_probs, rows_read, slice_feature_table
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.probe import fit_readout
 from sbssl.engine.run_log import RunLog
-from sbssl.engine.runtime import run_in_folder, seed_everything
+from sbssl.engine.runtime import seed_everything
 from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
-from sbssl.evaluation.report_files import write_evaluation
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import PretrainedEncoder, encoder_init
 from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
-from sbssl.utils.rundir import CHECKPOINTS, CONFIG, METRICS, RUN, SPLIT, model_file
+from sbssl.utils.rundir import CHECKPOINTS, CONFIG, RUN, SPLIT, model_file
 
 log = logging.getLogger("sbssl")
-FINISHED = METRICS
 
 
-def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
+def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
+    """Train every member not yet in `out` (config.yaml, run.json, split.json, model-<seed>.safetensors), inside a
+    launched run folder (`engine.runtime.run_in_folder`)."""
     if cfg.data.plane == ALL_PLANES:
         raise SbsslError("data.plane=all is for pretraining; a classifier reads one plane (fuse the three after)")
-    return run_in_folder(cfg.trainer, out, overwrite, resume, FINISHED,
-                         lambda fabric, folder: _finetune(cfg, fabric, Path(root), folder))
-
-
-def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     rank0 = fabric.global_rank == 0
     asked, init = cfg, encoder_init(str(cfg.init))
     if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
@@ -93,16 +81,12 @@ def _finetune(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         path = out / model_file(seed)
         if path.exists():
             continue
-        state, info = train_member(cfg, pre, fabric, cache, labels, fit, held, seed, init, out)
+        state, info = train_member(cfg, pre, fabric, Labelled(cache, labels, fit, held), seed, init, out)
         if rank0:
             meta = {"config": config_json(cfg), "preprocessing": json.dumps(pre.to_dict()), "seed": str(seed),
                     **{k: str(v) for k, v in info.items()}}
             atomic_write(path, lambda p, s=state, md=meta: save_file(s, str(p), metadata=md))
         fabric.barrier()
-    if rank0:  # the valid split, scored once; metrics.json is the run's finished marker
-        ens = load_ensemble(out, fabric.device)
-        write_evaluation(out, ens.cfg, "valid", *score_split(ens, root, "valid"), ens.seeds, ens.init)
-    fabric.barrier()
     return out
 
 
@@ -115,94 +99,162 @@ def choose_on_heldout(cfg: DictConfig, y: np.ndarray) -> bool:
     return f.select == "auc" or holdout_can_rank(y, f.val_fraction, f.min_heldout)
 
 
-def train_member(cfg: DictConfig, pre: Preprocessing, fabric, cache, labels: np.ndarray, fit: np.ndarray,
-                 held: np.ndarray, seed: int, init: PretrainedEncoder | None, out: Path
-                 ) -> tuple[dict[str, torch.Tensor], dict]:
+@dataclass(frozen=True)
+class Labelled:
+    """The train split as a member sees it: the slice cache, every exam's label, the exams it fits and the
+    held-out exams that choose its epoch (empty: the last epoch is kept)."""
+
+    cache: object
+    labels: np.ndarray
+    fit: np.ndarray
+    held: np.ndarray
+
+    @property
+    def read(self) -> np.ndarray:
+        """Every exam the member reads: its slices feed batch-norm statistics and feature tables."""
+        return np.concatenate([self.fit, self.held])
+
+
+@dataclass
+class _Member:
+    """Everything one ensemble member's epochs share (as pretraining's `_Run`), with the held-out selection."""
+
+    cfg: DictConfig
+    pre: Preprocessing
+    data: Labelled
+    seed: int
+    model: torch.nn.Module
+    trainer: Trainer
+    runlog: RunLog
+    table: torch.Tensor | None  # linear probing: the frozen encoder's features, looked up by cache row
+    steps_per_epoch: int
+    best: dict
+
+    @property
+    def fabric(self):
+        return self.trainer.fabric
+
+    def restore(self, st: dict | None) -> int:
+        """The member's checkpoint, if any, into the model, optimiser, RNG and selection; the epoch to start at."""
+        if st is None:
+            return 0
+        self.model.load_state_dict(st["model"])
+        self.trainer.opt_f.load_state_dict(st["optimizer"])
+        ckpt.set_rng_state(st["rng"])
+        self.trainer.step = st["step"]
+        self.best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
+        return st["epoch"] + 1
+
+    def epoch(self, epoch: int, exams_ds: ExamDataset, task: ExamTask) -> dict:
+        """One pass over the oversampled fit exams (this rank's share of each global batch); the log record."""
+        cfg, fabric, dev, d = self.cfg, self.fabric, self.fabric.device, self.data
+        be, rank = cfg.finetune.batch_exams, fabric.global_rank
+        ge = be * fabric.world_size
+        order = oversampled_order(d.labels, d.fit, torch.Generator().manual_seed(self.seed * 1000 + epoch),
+                                  cfg.finetune.oversample)
+        batches = [order[b * ge: (b + 1) * ge][rank * be: (rank + 1) * be] for b in range(self.steps_per_epoch)]
+        model_f = self.trainer.model_f
+
+        def loss_of(batch: dict, draw) -> torch.Tensor:
+            y, lengths = batch["labels"].to(dev), batch["lengths"].to(dev)
+            if self.table is not None:  # linear probing: the frozen encoder's features, looked up
+                return ExamTask.from_features(model_f, self.table[batch["rows"].to(dev)], lengths, y)
+            return task(model_f, batch["slices"].to(dev), lengths, y, draw)
+
+        return train_one_epoch(self.trainer, loader(exams_ds, batches, cfg.data.workers, dev), loss_of,
+                               lambda b: len(b["exams"]), epoch,
+                               f"member {self.seed} epoch {epoch + 1}/{cfg.train.epochs}", self.steps_per_epoch,
+                               "exams")
+
+    def select(self, epoch: int) -> float:
+        """Score the held-out exams and keep this epoch if it is the best so far (the last, without any)."""
+        self.trainer.model_f.eval()
+        auc = score_heldout(self.trainer.model_f, self.model, self.data, self.pre, self.cfg.finetune.batch_exams,
+                            self.fabric.device, self.table)
+        if not np.isfinite(auc) or auc > self.best["auc"]:
+            self.best = candidate(self.model, auc, epoch)
+        return auc
+
+    def checkpoint(self, ck_dir: Path, epoch: int) -> None:
+        """The member's state after `epoch`, selection included, so that a resumed run replays exactly."""
+        if self.fabric.global_rank == 0:
+            ckpt.save_checkpoint(ck_dir, {
+                "model": self.model.state_dict(), "optimizer": self.trainer.opt_f.state_dict(), "epoch": epoch,
+                "step": self.trainer.step, "rng": ckpt.rng_state(), "best_auc": self.best["auc"],
+                "best_epoch": self.best["epoch"], "best_state": self.best["state"]})
+        self.fabric.barrier()
+
+    def weights(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The kept epoch's weights (contiguous, for safetensors) and what chose them."""
+        state = self.best["state"] if self.best["state"] is not None else copy.deepcopy(self.model.state_dict())
+        return ({k: v.contiguous() for k, v in state.items()},
+                {"best_epoch": self.best["epoch"], "heldout_auc": self.best["auc"]})
+
+
+def train_member(cfg: DictConfig, pre: Preprocessing, fabric, data: Labelled, seed: int,
+                 init: PretrainedEncoder | None, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Train one ensemble member; returns the weights of its best held-out epoch (without a held-out part, its
-    last)."""
-    rank, world = fabric.global_rank, fabric.world_size
-    seed_everything(seed + rank, cfg.train.deterministic)
+    last) and what chose them. Resumes from the member's checkpoint in `out`."""
+    seed_everything(seed + fabric.global_rank, cfg.train.deterministic)
     torch.manual_seed(seed)
     model = build_classifier(cfg, init)
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
-    read = np.concatenate([fit, held])  # every exam this member reads: its slices feed statistics and tables
     if init is not None:  # also on resume: a frozen encoder's feature table is rebuilt before the checkpoint loads
-        recalibrate_batch_norm(model, cache, read, pre, fabric.device)
+        recalibrate_batch_norm(model, data.cache, data.read, pre, fabric.device)
     done = -1 if st is None else st["epoch"]
-    runlog = RunLog(out, f"member-{seed}", cfg.trainer.loggers, rank == 0, None if st is None else st["step"])
+    runlog = RunLog(out, f"member-{seed}", cfg.trainer.loggers, fabric.global_rank == 0,
+                    None if st is None else st["step"])
     # a member's log lines after its checkpoint go (all of them, a probe's too, when it restarts)
     runlog.trim(lambda r: r.get("member") != seed or (st is not None and r.get("epoch", 0) <= done))
     probe = cfg.finetune.probe_steps > 0 and st is None
     features = None
     if cfg.finetune.freeze or probe:  # the frozen encoder's features, computed once, looked up by cache row
         with fabric.autocast():
-            features = slice_feature_table(model.to(fabric.device), cache, read, pre, fabric.device)
-    table = features if cfg.finetune.freeze else None  # linear probing: the head trains on lookups only
+            features = slice_feature_table(model.to(fabric.device), data.cache, data.read, pre, fabric.device)
     if cfg.finetune.freeze:
         model.encoder.requires_grad_(False)
     best = {"auc": -1.0, "epoch": -1, "state": None}
     if probe:  # LP-FT's first stage (engine/probe.py); the fitted read-out is the first candidate kept
-        best = probe_readout(cfg, model, features, cache, labels, fit, held, pre, seed, fabric.device, runlog)
+        best = probe_readout(cfg, model, features, data, pre, seed, fabric.device, runlog)
+    steps = _steps_per_epoch(cfg, data, fabric.world_size)
+    member = _Member(cfg, pre, data, seed, model, _trainer(cfg, fabric, model, steps, seed, ck_dir), runlog,
+                     features if cfg.finetune.freeze else None, steps, best)
     del features
-    depth = len(getattr(model.encoder, "blocks", []))
-    groups = param_groups(model, cfg.finetune.layer_decay, depth)
-    ge = cfg.finetune.batch_exams * world
-    lr = cfg.train.lr * ge / 256
-    opt = torch.optim.AdamW(groups, lr=lr)
-    model_f, opt_f = fabric.setup(model, opt)
-    task = ExamTask(cfg, pre)
-    n_pos = int(labels[fit].sum())
-    balanced = cfg.finetune.oversample and 0 < n_pos < len(fit)
-    n_per_epoch = 2 * max(n_pos, len(fit) - n_pos) if balanced else len(fit)  # = len(oversampled_order(...))
-    steps_per_epoch = max(n_per_epoch // ge, 1)
-    total = cfg.train.epochs * steps_per_epoch
+    start = member.restore(st)
+    exams_ds, task = ExamDataset(data.cache, data.labels, model.slices, read=member.table is None), ExamTask(cfg, pre)
+    for epoch in range(start, cfg.train.epochs):
+        if member.trainer.finished:
+            break
+        rec = member.epoch(epoch, exams_ds, task)
+        auc = member.select(epoch)
+        runlog.steps(member.trainer.pop_history())
+        runlog.epoch({"member": seed, **rec, "heldout_auc": auc, "best_epoch": member.best["epoch"]})
+        member.checkpoint(ck_dir, epoch)
+    runlog.close()
+    return member.weights()
+
+
+def _steps_per_epoch(cfg: DictConfig, data: Labelled, world: int) -> int:
+    """Optimiser steps per epoch: the fit exams, minority oversampled to the majority's count, per global batch."""
+    n_pos = int(data.labels[data.fit].sum())
+    balanced = cfg.finetune.oversample and 0 < n_pos < len(data.fit)
+    n_per_epoch = 2 * max(n_pos, len(data.fit) - n_pos) if balanced else len(data.fit)  # len(oversampled_order)
+    return max(n_per_epoch // (cfg.finetune.batch_exams * world), 1)
+
+
+def _trainer(cfg: DictConfig, fabric, model, steps: int, seed: int, ck_dir: Path) -> Trainer:
+    """AdamW over the model's parameter groups (lr scaled by the global batch), warmup + cosine over `steps` per
+    epoch, set up by Fabric."""
+    groups = param_groups(model, cfg.finetune.layer_decay, len(getattr(model.encoder, "blocks", [])))
+    lr = cfg.train.lr * cfg.finetune.batch_exams * fabric.world_size / 256
+    model_f, opt_f = fabric.setup(model, torch.optim.AdamW(groups, lr=lr))
+    total = cfg.train.epochs * steps
     if cfg.train.max_steps > 0:
         total = min(total, cfg.train.max_steps)
-    warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
-    trainer = Trainer(fabric, model_f, opt_f, cfg.train, lr, total, warmup, seed, ck_dir / "last.pt",
-                      label=f"member {seed}, ")
-    start = 0
-    if st is not None:
-        model.load_state_dict(st["model"])
-        opt_f.load_state_dict(st["optimizer"])
-        ckpt.set_rng_state(st["rng"])
-        start, trainer.step = st["epoch"] + 1, st["step"]
-        best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
-    be, dev = cfg.finetune.batch_exams, fabric.device
-    exams_ds = ExamDataset(cache, labels, model.slices, read=table is None)
-
-    def loss_of(batch: dict, draw) -> torch.Tensor:
-        y, lengths = batch["labels"].to(dev), batch["lengths"].to(dev)
-        if table is not None:  # linear probing: the frozen encoder's features, looked up
-            return ExamTask.from_features(model_f, table[batch["rows"].to(dev)], lengths, y)
-        return task(model_f, batch["slices"].to(dev), lengths, y, draw)
-
-    for epoch in range(start, cfg.train.epochs):
-        if trainer.finished:
-            break
-        order = oversampled_order(labels, fit, torch.Generator().manual_seed(seed * 1000 + epoch),
-                                  cfg.finetune.oversample)
-        batches = [order[b * ge: (b + 1) * ge][rank * be: (rank + 1) * be] for b in range(steps_per_epoch)]
-        rec = train_one_epoch(trainer, loader(exams_ds, batches, cfg.data.workers, dev), loss_of,
-                              lambda b: len(b["exams"]), epoch,
-                              f"member {seed} epoch {epoch + 1}/{cfg.train.epochs}", steps_per_epoch, "exams")
-        model_f.eval()
-        auc = score_heldout(model_f, model, cache, labels, held, pre, cfg.finetune.batch_exams, fabric.device,
-                            table)
-        if not np.isfinite(auc) or auc > best["auc"]:  # no held-out part (or one class in it): the last epoch
-            best = candidate(model, auc, epoch)
-        runlog.steps(trainer.pop_history())
-        runlog.epoch({"member": seed, **rec, "heldout_auc": auc, "best_epoch": best["epoch"]})
-        if rank == 0:
-            ckpt.save_checkpoint(ck_dir, {"model": model.state_dict(), "optimizer": opt_f.state_dict(),
-                                          "epoch": epoch, "step": trainer.step, "rng": ckpt.rng_state(),
-                                          "best_auc": best["auc"], "best_epoch": best["epoch"],
-                                          "best_state": best["state"]})
-        fabric.barrier()
-    runlog.close()
-    state = best["state"] if best["state"] is not None else copy.deepcopy(model.state_dict())
-    return {k: v.contiguous() for k, v in state.items()}, {"best_epoch": best["epoch"], "heldout_auc": best["auc"]}
+    warmup = min(int(cfg.train.warmup_epochs * steps), total // 2)
+    return Trainer(fabric, model_f, opt_f, cfg.train, lr, total, warmup, seed, ck_dir / "last.pt",
+                   label=f"member {seed}, ")
 
 
 @torch.no_grad()
@@ -221,15 +273,16 @@ def recalibrate_batch_norm(model, cache, exams: np.ndarray, pre: Preprocessing, 
                range(0, len(rows), batch)), stem, device)
 
 
-def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, fit: np.ndarray, held: np.ndarray,
-                  pre: Preprocessing, seed: int, device, runlog: RunLog) -> dict:
+def probe_readout(cfg: DictConfig, model, features, data: Labelled, pre: Preprocessing, seed: int, device,
+                  runlog: RunLog) -> dict:
     """Fit the read-out on frozen features (`finetune.probe_steps`), log it as epoch -1, and return it as the
     best state so far: if fine-tuning then only distorts the features, the held-out part keeps the probe."""
-    losses = fit_readout(model, features, cache, labels, fit, cfg.finetune.probe_steps, cfg.finetune.probe_lr,
+    losses = fit_readout(model, features, data.cache, data.labels, data.fit, cfg.finetune.probe_steps,
+                         cfg.finetune.probe_lr,
                          cfg.finetune.probe_batch_exams, seed, cfg.finetune.oversample, cfg.finetune.probe_l2,
                          cfg.finetune.probe_solver, cfg.finetune.probe_restarts)
     model.eval()
-    auc = score_heldout(model, model, cache, labels, held, pre, cfg.finetune.batch_exams, device, features)
+    auc = score_heldout(model, model, data, pre, cfg.finetune.batch_exams, device, features)
     log.info("member %d: read-out fitted on frozen features (%s, %d %s, loss %.4f -> %.4f), held-out AUC %.3f",
              seed, cfg.finetune.probe_solver, len(losses),
              "evaluations" if cfg.finetune.probe_solver == "lbfgs" else "steps", losses[0], losses[-1], auc)
@@ -238,12 +291,12 @@ def probe_readout(cfg: DictConfig, model, features, cache, labels: np.ndarray, f
     return candidate(model, auc, -1)
 
 
-def score_heldout(model_f, model, cache, labels: np.ndarray, held: np.ndarray, pre: Preprocessing,
-                  batch_exams: int, device, table) -> float:
+def score_heldout(model_f, model, data: Labelled, pre: Preprocessing, batch_exams: int, device, table) -> float:
     """The held-out AUC of the current weights; NaN without a held-out part (nothing to choose by)."""
-    if not len(held):
+    if not len(data.held):
         return float("nan")
-    return heldout_auc(labels[held], heldout_probs(model_f, model, cache, held, pre, batch_exams, device, table))
+    return heldout_auc(data.labels[data.held],
+                       heldout_probs(model_f, model, data.cache, data.held, pre, batch_exams, device, table))
 
 
 def heldout_auc(y: np.ndarray, p: np.ndarray) -> float:
