@@ -80,8 +80,11 @@ def _n_params(run: Path) -> int:
 
 
 def _method(m: dict) -> str:
+    init = str(m.get("init", ""))
+    if init.startswith("imported:"):
+        return f"ImageNet-pretrained {'CNN (MRNet: AlexNet)' if m.get('model') in CNNS else 'ViT'}"
     if m.get("model") in CNNS:
-        gmml = str(m.get("init", "")).startswith("gmml:")
+        gmml = init.startswith("gmml:")
         return "GMML-pretrained CNN (beyond the paper)" if gmml else "Random init CNN (MRNet-style)"
     if str(m.get("init", "")).startswith("gmml:"):
         return "SB-SSL (GMML pretrained)"

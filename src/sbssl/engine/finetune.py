@@ -39,6 +39,7 @@ from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import PretrainedEncoder, encoder_init
+from sbssl.models.imported import ImportedWeights
 from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, RUN, SPLIT, model_file
 
@@ -59,8 +60,8 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                         "to data of another kind (benchmarks/transfer.py); pretrain on this folder's own slices "
                         "first: sbssl pretrain --config pretrain/cpu --data %s --out DIR, then init=DIR", root, root)
     cache, records = slice_cache_for(cfg, root, "train", fabric)
-    pre = (replace(init.preprocessing, roi=str(cfg.data.roi)) if init is not None
-           else Preprocessing.from_config(cfg, cache.mean, cache.std))
+    pre = (replace(init.preprocessing, roi=str(cfg.data.roi)) if init is not None and init.preprocessing
+           else Preprocessing.from_config(cfg, cache.mean, cache.std))  # random init or ImageNet: this set's
     labels = np.array([r.label for r in records])
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
@@ -72,7 +73,7 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if rank0:
         atomic_write_text(out / CONFIG, to_yaml(asked))  # as the user asked; what the encoder set is in run.json
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
-                                      "init": f"gmml:{init.path}" if init is not None else "scratch",
+                                      "init": f"{init.tag}:{init.path}" if init is not None else "scratch",
                                       "architecture": init.architecture() if init is not None else {}})
         atomic_write_text(out / SPLIT, json.dumps({"fit": [records[i].case for i in fit],
                                                   "held_out": [records[i].case for i in held]}) + "\n")
@@ -192,7 +193,7 @@ class _Member:
 
 
 def train_member(cfg: DictConfig, pre: Preprocessing, fabric, data: Labelled, seed: int,
-                 init: PretrainedEncoder | None, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
+                 init: PretrainedEncoder | ImportedWeights | None, out: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Train one ensemble member; returns the weights of its best held-out epoch (without a held-out part, its
     last) and what chose them. Resumes from the member's checkpoint in `out`."""
     seed_everything(seed + fabric.global_rank, cfg.train.deterministic)

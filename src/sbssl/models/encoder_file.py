@@ -56,6 +56,15 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
         raise SbsslError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:100]})") from None
 
 
+def _format(path: Path) -> str | None:
+    """The `format` field of a safetensors file's metadata (None for a file of another writer, or unreadable)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError):
+        return None
+
+
 @dataclass(frozen=True)
 class PretrainedEncoder:
     """A GMML encoder file read back: its weights (fp32), the metadata that rebuilds it, where it came from."""
@@ -63,6 +72,8 @@ class PretrainedEncoder:
     weights: dict[str, torch.Tensor]
     meta: dict[str, str]
     path: Path
+
+    tag = "gmml"  # run.json's init: "gmml:<path>"
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -106,8 +117,9 @@ def with_architecture(cfg: DictConfig, arch: dict) -> DictConfig:
     return out
 
 
-def encoder_init(init: str) -> PretrainedEncoder | None:
-    """`scratch` -> None; `builtin:NAME`, a GMML run folder or its encoder.safetensors -> the encoder, checked."""
+def encoder_init(init: str):
+    """`scratch` -> None; `builtin:NAME`, a GMML run folder or its encoder.safetensors -> the encoder, checked
+    (a `PretrainedEncoder`); a torchvision AlexNet or timm ViT weights file -> `models.imported.ImportedWeights`."""
     if init in ("", "scratch", "random"):
         return None
     if init.startswith("builtin:"):
@@ -118,6 +130,10 @@ def encoder_init(init: str) -> PretrainedEncoder | None:
         path = Path(init)
     if path.is_dir():
         path = path / ENCODER
+    if path.suffix != ".safetensors" or (path.is_file() and _format(path) != FORMAT):
+        from sbssl.models.imported import imported_init
+
+        return imported_init(path)
     sd, meta = read_safetensors(path)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # shipped encoders are fp16
     if meta.get("format") != FORMAT:
