@@ -59,7 +59,8 @@ def test_sparse_groups_must_align_with_the_cnn_stride(tiny_set: Path, tmp_path: 
     from sbssl.engine.pretrain import pretrain
 
     with pytest.raises(SbsslError, match=r"mask.align=2: .* a multiple of 4"):
-        pretrain(load_config(None, [*CNN, "mask.align=2", "train.epochs=1"]), tiny_set, tmp_path / "bad")
+        pretrain(load_config(None, [*CNN, "model.conv_masking=sparse", "mask.align=2", "train.epochs=1"]), tiny_set,
+                 tmp_path / "bad")
     assert not (tmp_path / "bad" / "encoder.safetensors").exists()
 
 

@@ -46,8 +46,8 @@ class ModelConfig:
     drop_path: float = 0.1
     skip_blocks: list[int] = field(default_factory=lambda: [6, 8, 10, 12])  # 1-indexed, of depth 12
     decoder_dim: int = 0  # width of the light decoder's point-wise layers; 0 = encoder width (a CNN's: 128)
-    conv_masking: str = "sparse"  # GMML with a CNN encoder: sparse (masked positions dropped, SparK) | dense
-    # (the corrupted image through plain convolutions): models/gmml_cnn.py
+    conv_masking: str = "dense"  # GMML with a CNN encoder: dense (the corrupted image through plain convolutions)
+    # | sparse (masked positions dropped, SparK): models/gmml_cnn.py
     grad_checkpointing: bool = False
 
 

@@ -3,7 +3,8 @@ stage 1, with the classifier's CNN as the encoder and a light convolutional deco
 
 A convolution, unlike a transformer, has no notion of "these positions are absent": what the masked pixels hold
 spreads through every kernel that overlaps them, and batch norm mixes them into its statistics. Two ways to feed
-the CNN (`model.conv_masking`), measured against each other in docs/results.md:
+the CNN (`model.conv_masking`), measured against each other in docs/results.md (dense scored higher on the demo's
+data and is the recipes' choice; why is not settled here):
 
 - `sparse` (SparK, Tian et al. ICLR 2023; ConvNeXt V2's FCMAE): the masked positions are dropped. The input is
   zeroed there and every convolution's output is zeroed again at the positions masked at its resolution, so a
@@ -113,7 +114,7 @@ class GMMLConvAutoencoder(nn.Module):
     """x_hat = D(E(x)) with E the classifier's CNN (`encoder.features`, an nn.Sequential), masked as
     `conv_masking` says; `forward(corrupted, mask)` with mask True where pixels were replaced."""
 
-    def __init__(self, encoder: nn.Module, img_size: int, in_chans: int = 1, conv_masking: str = SPARSE,
+    def __init__(self, encoder: nn.Module, img_size: int, in_chans: int = 1, conv_masking: str = DENSE,
                  decoder_dim: int = 0):
         super().__init__()
         if conv_masking not in CONV_MASKING:
