@@ -308,6 +308,10 @@ def test_pickled_pt_as_encoder_is_refused_unexecuted(tmp_path: Path):
             return (Path.touch, (marker,))
 
     torch.save({"state_dict": Evil()}, tmp_path / "encoder.pt")
-    with pytest.raises(SbsslError, match="not a readable safetensors"):
+    with pytest.raises(SbsslError, match="encoder.pt: not a readable weights file"):  # read as ImageNet weights
         encoder_init(str(tmp_path / "encoder.pt"))
+    assert not marker.exists()
+    torch.save({"state_dict": Evil()}, tmp_path / "encoder.safetensors")  # a pickle under another name
+    with pytest.raises(SbsslError, match="encoder.safetensors: not a readable"):
+        encoder_init(str(tmp_path / "encoder.safetensors"))
     assert not marker.exists()

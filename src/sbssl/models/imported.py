@@ -16,6 +16,8 @@ safetensors); a missing, truncated or foreign file is one line naming it.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as e:  # weights_only refuses any pickled code: a clear line, nothing executed
         raise SbsslError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:100]})") from None
     while isinstance(sd, dict) and len(sd) == 1 and next(iter(sd)) in ("state_dict", "model", "module"):
         sd = next(iter(sd.values()))
