@@ -92,6 +92,13 @@ def test_gmml_cnn_pretrains_and_its_encoder_starts_the_cnn_classifier(tiny_set: 
     run = json.loads((out / "run.json").read_text())
     assert run["architecture"]["model"]["name"] == "mrnet_cnn" and run["init"].startswith("gmml:")
     assert json.loads((out / "metrics.json").read_text())["n"] == 12
+    # the CNN explained (Grad-CAM), as the demo's explain-cnn, and the report shows those overlays by their folder
+    from sbssl.explain import explain
+    from sbssl.report import discover
+
+    pngs = explain(out, tiny_set, tmp_path / "explain-cnn", n=2)
+    assert len(pngs) == 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert discover([tmp_path]).overlays == sorted(pngs)
 
 
 def test_dense_gmml_cnn_runs_on_unaligned_groups(tiny_set: Path, tmp_path: Path):
