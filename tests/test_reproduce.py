@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sbssl.reproduce import GRID_TASKS, Sizes, plan
+import pytest
 
-from .conftest import run_cli
+from sbssl.errors import SbsslError
+from sbssl.reproduce import GRID_TASKS, TABLE1, Sizes, plan, skipped_rows
+
+from .conftest import assert_user_error, run_cli
 
 TINY = ["train.epochs=1", "model.depth=4", "data.img_size=16", "model.patch_size=4", "finetune.slices=4",
         "train.batch_size=32", "train.recon_every=0", "trainer.accelerator=cpu"]
@@ -27,23 +30,58 @@ def test_plan_covers_table1_ablations_and_grid(tmp_path: Path):
                 enc = Path(o[5:]).parent
                 assert any(t.out == enc for t in steps[:i]), s.name
         assert all(any(t.out == r for t in steps[:i]) for r in s.runs)
+    assert {"pretrain sagittal-gmml_cnn", "finetune table1/gmml-cnn"} <= set(names)
+    assert not any("imagenet" in n for n in names)
     paper = plan(tmp_path, "paper", Sizes(1130, 32))
-    assert {"finetune table1/sbssl-vit_small", "finetune table1/sbssl-vit_base"} <= {s.name for s in paper}
+    assert {"finetune table1/sbssl-vit_small", "finetune table1/sbssl-vit_base",
+            "finetune table1/cnn-scratch"} <= {s.name for s in paper}
     assert sum(s.seconds for s in paper) > 10 * sum(s.seconds for s in steps)
+
+
+def test_every_table1_row_is_planned_or_skipped_with_its_reason(tiny_set: Path, tmp_path: Path):
+    weights = tmp_path / "imagenet"
+    weights.mkdir()
+    with pytest.raises(SbsslError, match="alexnet.pth"):
+        plan(tmp_path, "cpu", Sizes(300, 12), imagenet=weights)
+    (weights / "alexnet.pth").write_bytes(b"")  # the plan checks that the files are there; reading comes later
+    (weights / "vit_small.safetensors").write_bytes(b"")
+    for scale in ("cpu", "paper"):
+        steps = {s.out.relative_to(tmp_path).as_posix(): s for s in plan(tmp_path, scale, Sizes(300, 12),
+                                                                            imagenet=weights)}
+        planned = {row for row, _, runs, _ in TABLE1 if runs and scale in runs and runs[scale] in steps}
+        skipped = {row for row, _ in skipped_rows(scale, None)}
+        assert planned | {row for row, _ in skipped_rows(scale, weights)} >= {r[0] for r in TABLE1
+                                                                              if r[2] is None or scale in r[2]}
+        assert {"[20] jigsaw CNN", "[20] + noise", "MRNet: ImageNet AlexNet"} <= skipped
+        assert "MRNet: ImageNet AlexNet" in planned
+        alex = steps["table1/imagenet-alexnet"].overrides
+        assert f"init={weights / 'alexnet.pth'}" in alex and "model.name=mrnet_cnn" in alex
+    assert "ImageNet ViT-S" in {r for r, _ in skipped_rows("paper", None)}
+    res = run_cli("reproduce", "--out", tmp_path / "r", "--dry-run", "--data", tiny_set, "--imagenet-weights", tmp_path)
+    assert_user_error(res, str(tmp_path), "alexnet.pth")
 
 
 def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
     out = tmp_path / "repro"
     res = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith("plan: 19 steps, 0 done")
+    assert res.stdout.startswith("plan: 21 steps, 0 done")
+    assert "[ skipped] Table 1 row '[20] jigsaw CNN'" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
+    table = {r["row"]: r for r in summary["table1"]}
+    assert table["SB-SSL ViT-T"]["paper_auc"] == 0.952 and 0 <= table["SB-SSL ViT-T"]["auc"] <= 1
+    gmml_cnn = table["GMML CNN (beyond the paper)"]
+    pa = json.loads((out / "table1" / "gmml-cnn" / "metrics.json").read_text())["auc"]
+    pb = json.loads((out / "grid" / "acl-sagittal" / "metrics.json").read_text())["auc"]
+    assert gmml_cnn["auc"] == pa and gmml_cnn["minus_random_init"]["difference"] == pytest.approx(pa - pb)
+    assert "skipped" in table["[20] jigsaw CNN"] and "skipped" in table["MRNet: ImageNet AlexNet"]
     assert set(summary["grid"]) == set(GRID_TASKS)
     for task in GRID_TASKS:
         assert set(summary["grid"][task]) == {"sagittal", "coronal", "axial", "fused"}
     assert set(summary["mean_auc_over_tasks"]) == {"sagittal", "coronal", "axial", "fused"}
     html = (out / "report.html").read_text()
     assert "Every task on every plane" in html and "mean over tasks" in html and "Table 1" in html
+    assert "paper's AUC" in html and "<td>0.952</td>" in html  # SB-SSL ViT-T beside the paper's figure
     grid_html = html[html.index("Every task on every plane"):]
     for task in GRID_TASKS:  # each grid row shows that task's fused plane runs (the CNNs), then the fusion
         cells = [summary["grid"][task][c] for c in ("sagittal", "coronal", "axial", "fused")]
@@ -51,5 +89,5 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
         assert f"<tr><td>{task}</td>{want}</tr>" in grid_html, task
     assert (out / "commands.txt").read_text().count("sbssl fuse") == 3
     again = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY)
-    assert again.returncode == 0 and again.stdout.startswith("plan: 19 steps, 19 done")
+    assert again.returncode == 0 and again.stdout.startswith("plan: 21 steps, 21 done")
     assert "step " not in again.stderr  # nothing reran

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its time estimate only")
+    p.add_argument("--imagenet-weights", metavar="DIR",
+                   help="adds Table 1's ImageNet rows from local files: DIR/alexnet.pth (torchvision), "
+                        "DIR/vit_small.safetensors or .pth (timm)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every training step")
 
     p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs")
@@ -271,9 +274,16 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
     from sbssl.reproduce import GRID_TASKS, reproduce
 
     load_config(None, a.overrides)  # a bad override is refused before anything runs
-    s = reproduce(Path(a.out), Path(a.data) if a.data else None, a.scale, a.overrides, a.dry_run)
+    s = reproduce(Path(a.out), Path(a.data) if a.data else None, a.scale, a.overrides, a.dry_run,
+                  Path(a.imagenet_weights) if a.imagenet_weights else None)
     if not s:
         return
+    print("\nTable 1 (ACL, sagittal): ours [95% CI] (paper)")
+    for r in s["table1"]:
+        paper = f"({r['paper_auc']:.3f})" if r["paper_auc"] is not None else "(beyond the paper)"
+        ours = (f"{r['auc']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]" if "auc" in r
+                else f"skipped: {r['skipped']}")
+        print(f"  {r['row']:32s} {ours:28s} {paper}")
     cols = [*PLANES, "fused"]
     print(f"\n{'task':10s}" + "".join(f"{c:>24s}" for c in cols))
     for t in GRID_TASKS:

@@ -91,6 +91,15 @@ def _method(m: dict) -> str:
     return "Random init ViT"
 
 
+def _paper_auc(m: dict) -> float | None:
+    """The paper's Table 1 AUC for this kind of run (MRNet, ACL, sagittal), beside ours; None beyond the paper."""
+    method, model = _method(m), m.get("model", "")
+    if method.startswith("SB-SSL"):
+        return {"vit_tiny": 0.952, "vit_small": 0.954, "vit_base": 0.954}.get(model)
+    return {"Random init CNN (MRNet-style)": 0.754, "Random init ViT": 0.721,
+            "ImageNet-pretrained CNN (MRNet: AlexNet)": 0.963}.get(method)
+
+
 def _curves_png(found: Found) -> bytes | None:
     from sbssl.utils.plotting import pyplot, save_png
 
@@ -150,6 +159,7 @@ def _table(found: Found) -> dict | None:
         if (m["task"], m["plane"], m["split"]) != (first["task"], first["plane"], first["split"]):
             continue
         rows.append({"method": _method(m), "model": m.get("model", ""), "params": _n_params(run),
+                     "paper": _paper_auc(m) if (first["task"], first["plane"]) == ("acl", "sagittal") else None,
                      "accuracy": m["accuracy"], "auc": m["auc"], "lo": m["auc_ci95"][0], "hi": m["auc_ci95"][1],
                      "sensitivity": m["sensitivity"], "specificity": m["specificity"], "members": m["members"],
                      "run": run.name})

@@ -14,6 +14,13 @@ Scales:
   Table 1 with ViT-T only, two ablation runs (1 pretraining epoch; zeros instead of noise), and the grid with
   MRNet's own model (the CNN, one per plane, fused by logistic regression), the model that learns at this
   budget. ViT-S/B rows are left to the paper scale.
+
+Table 1's rows (`TABLE1`, each beside the paper's figure in summary.json and paired against random init of its
+backbone): the random-init CNN and ViT, SB-SSL ViTs, GMML for the CNN (beyond the paper: pretrain/gmml_cnn_cpu
+or pretrain/gmml_cnn, then the CNN's recipe), and the ImageNet rows from local weights (`--imagenet-weights DIR`:
+DIR/alexnet.pth, torchvision's AlexNet state dict, for MRNet's row; DIR/vit_small.safetensors or .pth, a timm
+checkpoint, for the ViT-S comparison). A row that cannot run is listed with its reason: the ImageNet rows without
+the weights, the jigsaw rows of reference [20] (not implemented).
 """
 
 from __future__ import annotations
@@ -34,7 +41,28 @@ GRID_TASKS = TASKS  # the MRNet competition ranks by their mean AUC
 # recipes at 32 px: GMML ViT-T pretraining ~55 slices/s, ViT-T fine-tuning ~7.5 exams/s (8 slices each), the CNN
 # ~4x faster (a whole `reproduce --scale cpu` took 30 min against an estimate of 35). paper: the scaling benchmark's
 # ViT-S at 256 px on one H100 (~3,000 img/s pretraining; fine-tuning's 32-slice exams at ~2,000 img/s).
-RATES = {"cpu": {"pretrain": 55.0, "vit": 7.5, "cnn": 30.0}, "paper": {"pretrain": 3000.0, "vit": 60.0, "cnn": 60.0}}
+# GMML CNN pretraining at 32 px: ~230 slices/s there.
+RATES = {"cpu": {"pretrain": 55.0, "pretrain_cnn": 230.0, "vit": 7.5, "cnn": 30.0},
+         "paper": {"pretrain": 3000.0, "pretrain_cnn": 6000.0, "vit": 60.0, "cnn": 60.0}}
+# Table 1 (ACL, sagittal): row, the paper's AUC (None: beyond the paper), the run folder under OUT (cpu, paper),
+# the row it is paired with (random init of the same backbone).
+CNN_SCRATCH = {"cpu": "grid/acl-sagittal", "paper": "table1/cnn-scratch"}
+TABLE1 = [
+    ("Random init CNN (MRNet-style)", 0.754, CNN_SCRATCH, None),
+    ("Random init ViT", 0.721, {"cpu": "table1/vit-scratch", "paper": "table1/vit-scratch"}, None),
+    ("[20] jigsaw CNN", 0.848, None, "Random init CNN (MRNet-style)"),
+    ("[20] + noise", 0.817, None, "Random init CNN (MRNet-style)"),
+    ("SB-SSL ViT-T", 0.952, {"cpu": "table1/sbssl-vit_tiny", "paper": "table1/sbssl-vit_tiny"}, "Random init ViT"),
+    ("SB-SSL ViT-S", 0.954, {"paper": "table1/sbssl-vit_small"}, "Random init ViT"),
+    ("SB-SSL ViT-B", 0.954, {"paper": "table1/sbssl-vit_base"}, "Random init ViT"),
+    ("MRNet: ImageNet AlexNet", 0.963, {"cpu": "table1/imagenet-alexnet", "paper": "table1/imagenet-alexnet"},
+     "Random init CNN (MRNet-style)"),
+    ("ImageNet ViT-S", None, {"paper": "table1/imagenet-vit_small"}, "Random init ViT"),
+    ("GMML CNN (beyond the paper)", None, {"cpu": "table1/gmml-cnn", "paper": "table1/gmml-cnn"},
+     "Random init CNN (MRNet-style)"),
+]
+NOT_IMPLEMENTED = "jigsaw pretraining (reference [20]) is not implemented yet"
+TABLE1_BY_ROW = {r[0]: r for r in TABLE1}
 
 
 @dataclass
@@ -93,8 +121,9 @@ def sizes_of(data: Path, slab: float) -> Sizes:
     return Sizes(len(recs), max(1, round(slab * sum(n) / len(n))))
 
 
-def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None) -> list[Step]:
-    """The steps of a reproduction, in order, with their estimated seconds."""
+def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, imagenet: Path | None = None
+         ) -> list[Step]:
+    """The steps of a reproduction, in order, with their estimated seconds (`skipped` lists what cannot run)."""
     if scale not in RATES:
         raise SbsslError(f"reproduce: unknown scale '{scale}' (want cpu or paper)")
     rate, extra = RATES[scale], list(extra or [])
@@ -105,11 +134,15 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None) -> li
     members = 1 if cpu else 5
     steps: list[Step] = []
 
-    def pretrain(name: str, cfg: str, over: list[str], epochs: int) -> Path:
+    def pretrain(name: str, cfg: str, over: list[str], epochs: int | None, kind: str = "pretrain") -> Path:
+        """epochs None: the recipe's own."""
+        from sbssl.config import load_config
+
         run = out / "pretrain" / name
-        secs = epochs * sz.train * sz.slices / rate["pretrain"] * (1 if cpu else _vit_cost(cfg))
-        steps.append(Step(f"pretrain {name}", "pretrain", run, cfg, [f"train.epochs={epochs}", *over, *extra], [],
-                          secs))
+        n = epochs if epochs is not None else load_config(cfg).train.epochs
+        secs = n * sz.train * sz.slices / rate[kind] * (1 if cpu or kind != "pretrain" else _vit_cost(cfg))
+        steps.append(Step(f"pretrain {name}", "pretrain", run, cfg,
+                          [*([f"train.epochs={epochs}"] if epochs is not None else []), *over, *extra], [], secs))
         return run
 
     def finetune(name: str, cfg: str, over: list[str], kind: str = "vit", n_members: int = members) -> Path:
@@ -120,12 +153,25 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None) -> li
         return run
 
     cnn = ["init=scratch", "model.name=mrnet_cnn", *(["train.lr=3.2e-2"] if cpu else [])]
-    # Table 1 (ACL, sagittal). Its CNN row is the grid's acl/sagittal run, trained once below.
+    # Table 1 (ACL, sagittal). At cpu scale its CNN row is the grid's acl/sagittal run, trained once below.
+    if not cpu:
+        finetune("table1/cnn-scratch", ft_cfg, cnn, "cnn")
     finetune("table1/vit-scratch", ft_cfg, ["init=scratch"])
     for vit in ["vit_tiny"] if cpu else ["vit_tiny", "vit_small", "vit_base"]:
         cfg_p, cfg_f = (pre_cfg, ft_cfg) if cpu else (f"pretrain/{vit}", f"finetune/{vit}")
         enc = pretrain(f"sagittal-{vit}", cfg_p, ["data.plane=sagittal"], pre_epochs)
         finetune(f"table1/sbssl-{vit}", cfg_f, [f"init={enc}/encoder.safetensors"])
+    # GMML for the CNN (its recipe's epochs), then the CNN's fine-tuning recipe from it
+    enc = pretrain("sagittal-gmml_cnn", "pretrain/gmml_cnn_cpu" if cpu else "pretrain/gmml_cnn",
+                   ["data.plane=sagittal"], None, "pretrain_cnn")
+    like_grid = ["finetune.select=auc"] if cpu else []  # chosen as the grid's CNN it is paired with
+    finetune("table1/gmml-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}/encoder.safetensors"], "cnn",
+             1 if cpu else members)
+    # ImageNet transfer from local files (models/imported.py): AlexNet needs >= 128 px
+    for row, path in imagenet_files(imagenet, scale).items():
+        over = ([*cnn, *like_grid, "data.img_size=128"] if cpu else cnn) if row == "alexnet" else ["init=scratch"]
+        finetune(f"table1/imagenet-{row}", ft_cfg if cpu or row == "alexnet" else f"finetune/{row}",
+                 [*over, f"init={path}"], "cnn" if row == "alexnet" else "vit", 1 if cpu else members)
     # Ablations of the pretraining, on the recipe's ViT: half the epochs; the other corruption (the CPU recipe
     # corrupts with noise, the paper's with zeros).
     enc_name = "vit_tiny" if cpu else "vit_small"
@@ -154,17 +200,74 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None) -> li
     return steps
 
 
+def imagenet_files(folder: Path | None, scale: str) -> dict[str, Path]:
+    """{"alexnet": DIR/alexnet.pth, "vit_small": DIR/vit_small.(safetensors|pth)} for the rows this scale has; a
+    folder without them is one line."""
+    if folder is None:
+        return {}
+    folder = Path(folder)
+    out = {"alexnet": folder / "alexnet.pth"}
+    if not out["alexnet"].is_file():
+        raise SbsslError(f"{folder}: --imagenet-weights wants alexnet.pth (torchvision's AlexNet state dict) there")
+    if scale == "paper":
+        vit = [p for p in (folder / "vit_small.safetensors", folder / "vit_small.pth") if p.is_file()]
+        out |= {"vit_small": vit[0]} if vit else {}
+    return out
+
+
+def skipped_rows(scale: str, imagenet: Path | None) -> list[tuple[str, str]]:
+    """Table 1 rows this reproduction cannot run, each with its reason."""
+    out = [(row, NOT_IMPLEMENTED) for row, _, runs, _ in TABLE1 if runs is None]
+    have = imagenet_files(imagenet, scale)
+    for row, name in (("MRNet: ImageNet AlexNet", "alexnet"), ("ImageNet ViT-S", "vit_small")):
+        runs = dict(TABLE1_BY_ROW[row][2])
+        if scale in runs and name not in have:
+            out.append((row, "needs --imagenet-weights DIR with " + ("alexnet.pth" if name == "alexnet" else
+                                                                     "vit_small.safetensors or .pth")))
+    return out
+
+
+def table1_summary(out: Path, scale: str) -> list[dict]:
+    """Every Table 1 row of this scale: the paper's AUC beside ours, and ours minus random init of the same
+    backbone (paired bootstrap on the same valid exams); rows without a finished run say so."""
+    import json
+
+    from sbssl.evaluation.metrics import paired_auc_difference
+    from sbssl.evaluation.report_files import read_predictions
+
+    rows = []
+    for row, paper, runs, base in TABLE1:
+        rec: dict = {"row": row, "paper_auc": paper}
+        run = Path(out) / runs[scale] if runs and scale in runs else None
+        if run is None or not (run / METRICS).exists():
+            rec["skipped"] = NOT_IMPLEMENTED if runs is None else "not run at this scale or without its inputs"
+            rows.append(rec)
+            continue
+        m = json.loads((run / METRICS).read_text())
+        rec |= {"run": str(run.relative_to(out)), "auc": m["auc"], "auc_ci95": m["auc_ci95"]}
+        base_runs = TABLE1_BY_ROW[base][2] if base else None
+        base_run = Path(out) / base_runs[scale] if base_runs and scale in base_runs else None
+        if base_run is not None and (base_run / METRICS).exists():
+            _, pa, y = read_predictions(run / "predictions.csv")
+            _, pb, _ = read_predictions(base_run / "predictions.csv")
+            d = paired_auc_difference(y, pa, pb, 2000, seed=0)
+            rec["minus_random_init"] = {"vs": base, "difference": d["difference"], "ci95": d["ci95"]}
+        rows.append(rec)
+    return rows
+
+
 def _vit_cost(cfg: str) -> float:
     """Relative cost of a paper recipe's ViT (ViT-S = 1)."""
     return {"tiny": 0.4, "small": 1.0, "base": 3.5}.get(cfg.rsplit("_", 1)[-1], 1.0)
 
 
-def plan_text(steps: list[Step], data: Path) -> str:
+def plan_text(steps: list[Step], data: Path, skipped: list[tuple[str, str]] = ()) -> str:
     lines, total = [], 0.0
     for s in steps:
         state = "done" if s.done() else f"~{_fmt(s.seconds)}"
         total += 0 if s.done() else s.seconds
         lines.append(f"  [{state:>8s}] {s.name}")
+    lines += [f"  [ skipped] Table 1 row '{row}': {why}" for row, why in skipped]
     return (f"plan: {len(steps)} steps, {sum(s.done() for s in steps)} done, about {_fmt(total)} left "
             f"(estimates from measured rates; see sbssl.reproduce.RATES)\n" + "\n".join(lines))
 
@@ -175,8 +278,8 @@ def _fmt(seconds: float) -> str:
 
 
 def reproduce(out: Path, data: Path | None = None, scale: str = "cpu", extra: list[str] | None = None,
-              dry_run: bool = False) -> dict:
-    """Run (or, with dry_run, only print) the plan; returns the grid summary."""
+              dry_run: bool = False, imagenet: Path | None = None) -> dict:
+    """Run (or, with dry_run, only print) the plan; returns the summary (Table 1 and the grid)."""
     from sbssl.utils.io import atomic_write_text
 
     out = Path(out)
@@ -185,8 +288,8 @@ def reproduce(out: Path, data: Path | None = None, scale: str = "cpu", extra: li
         if scale != "cpu":
             raise SbsslError("reproduce: --scale paper needs --data (the MRNet-v1.0 folder)")
         data = _synthetic(out)
-    steps = plan(out, scale, sizes_of(data, 0.4 if scale == "cpu" else 1.0), extra)
-    text = plan_text(steps, data)
+    steps = plan(out, scale, sizes_of(data, 0.4 if scale == "cpu" else 1.0), extra, imagenet)
+    text = plan_text(steps, data, skipped_rows(scale, imagenet))
     print(text, flush=True)
     atomic_write_text(out / "plan.txt", text + "\n")
     if dry_run:
@@ -198,7 +301,7 @@ def reproduce(out: Path, data: Path | None = None, scale: str = "cpu", extra: li
             continue
         log.info("[%5.0fs] step %d/%d: %s", time.perf_counter() - t0, i, len(steps), s.name)
         s.run(data)
-    summary = grid_summary(out)
+    summary = {"table1": table1_summary(out, scale), **grid_summary(out)}
     from sbssl.report import build_report
 
     build_report([out], out / "report.html", f"sbssl reproduce ({scale} scale)")
