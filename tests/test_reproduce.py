@@ -30,7 +30,9 @@ def test_plan_covers_table1_ablations_and_grid(tmp_path: Path):
                 enc = Path(o[5:]).parent
                 assert any(t.out == enc for t in steps[:i]), s.name
         assert all(any(t.out == r for t in steps[:i]) for r in s.runs)
-    assert {"pretrain sagittal-gmml_cnn", "finetune table1/gmml-cnn"} <= set(names)
+    assert {"pretrain sagittal-gmml_cnn", "finetune table1/gmml-cnn", "pretrain sagittal-jigsaw",
+            "finetune table1/jigsaw-cnn", "pretrain sagittal-jigsaw-noise",
+            "finetune table1/jigsaw-noise-cnn"} <= set(names)
     assert not any("imagenet" in n for n in names)
     paper = plan(tmp_path, "paper", Sizes(1130, 32))
     assert {"finetune table1/sbssl-vit_small", "finetune table1/sbssl-vit_base",
@@ -52,8 +54,8 @@ def test_every_table1_row_is_planned_or_skipped_with_its_reason(tiny_set: Path, 
         skipped = {row for row, _ in skipped_rows(scale, None)}
         assert planned | {row for row, _ in skipped_rows(scale, weights)} >= {r[0] for r in TABLE1
                                                                               if r[2] is None or scale in r[2]}
-        assert {"[20] jigsaw CNN", "[20] + noise", "MRNet: ImageNet AlexNet"} <= skipped
-        assert "MRNet: ImageNet AlexNet" in planned
+        assert "MRNet: ImageNet AlexNet" in skipped and "MRNet: ImageNet AlexNet" in planned
+        assert {"[20] jigsaw CNN", "[20] + noise", "Random init ViT", "SB-SSL ViT-T"} <= planned
         alex = steps["table1/imagenet-alexnet"].overrides
         assert f"init={weights / 'alexnet.pth'}" in alex and "model.name=mrnet_cnn" in alex
     assert "ImageNet ViT-S" in {r for r, _ in skipped_rows("paper", None)}
@@ -65,8 +67,8 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
     out = tmp_path / "repro"
     res = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith("plan: 21 steps, 0 done")
-    assert "[ skipped] Table 1 row '[20] jigsaw CNN'" in res.stdout
+    assert res.stdout.startswith("plan: 25 steps, 0 done")
+    assert "[ skipped] Table 1 row 'MRNet: ImageNet AlexNet': needs --imagenet-weights" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
     table = {r["row"]: r for r in summary["table1"]}
     assert table["SB-SSL ViT-T"]["paper_auc"] == 0.952 and 0 <= table["SB-SSL ViT-T"]["auc"] <= 1
@@ -74,7 +76,8 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
     pa = json.loads((out / "table1" / "gmml-cnn" / "metrics.json").read_text())["auc"]
     pb = json.loads((out / "grid" / "acl-sagittal" / "metrics.json").read_text())["auc"]
     assert gmml_cnn["auc"] == pa and gmml_cnn["minus_random_init"]["difference"] == pytest.approx(pa - pb)
-    assert "skipped" in table["[20] jigsaw CNN"] and "skipped" in table["MRNet: ImageNet AlexNet"]
+    assert table["[20] + noise"]["paper_auc"] == 0.817 and "minus_random_init" in table["[20] jigsaw CNN"]
+    assert "skipped" in table["MRNet: ImageNet AlexNet"]
     assert set(summary["grid"]) == set(GRID_TASKS)
     for task in GRID_TASKS:
         assert set(summary["grid"][task]) == {"sagittal", "coronal", "axial", "fused"}
@@ -89,5 +92,5 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
         assert f"<tr><td>{task}</td>{want}</tr>" in grid_html, task
     assert (out / "commands.txt").read_text().count("sbssl fuse") == 3
     again = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY)
-    assert again.returncode == 0 and again.stdout.startswith("plan: 21 steps, 21 done")
+    assert again.returncode == 0 and again.stdout.startswith("plan: 25 steps, 25 done")
     assert "step " not in again.stderr  # nothing reran

@@ -60,6 +60,13 @@ class MaskConfig:
 
 
 @dataclass
+class JigsawConfig:
+    permutations: int = 100  # the puzzle's classes: permutations of 9 tiles at maximal Hamming distance (jigsaw.py)
+    gap: int = 1  # pixels between tiles (a tile is a random crop of its grid cell, cell - gap on a side)
+    noise: float = 0.0  # std of Gaussian noise added to each tile (the "[20] + noise" row), standardised units
+
+
+@dataclass
 class AugmentConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0])
     flip: float = 0.5
@@ -133,6 +140,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
+    pretext: str = "gmml"  # stage 1's task: gmml (the paper's) | jigsaw (reference [20], a CNN encoder)
     init: str = "scratch"  # scratch | path to a GMML encoder.safetensors (or its run folder)
 
 
@@ -149,6 +158,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "finetune.slice_feature": SLICE_FEATURES.names(),
         "model.stem": STEMS.names(),
         "model.conv_masking": ("sparse", "dense"),
+        "pretext": ("gmml", "jigsaw"),
         "train.nonfinite": ("stop", "skip"),
     }
 
@@ -215,6 +225,10 @@ def validate(cfg: DictConfig) -> None:
         ("model.patch_size", cfg.model.patch_size >= 1 and cfg.data.img_size % cfg.model.patch_size == 0,
          "a divisor of data.img_size"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),
+        ("model.name", cfg.pretext != "jigsaw" or cfg.model.name in CNNS, "a CNN for pretext=jigsaw"),
+        ("jigsaw.permutations", 2 <= cfg.jigsaw.permutations <= 5000, "in [2, 5000]"),
+        ("jigsaw.gap", 0 <= cfg.jigsaw.gap < cfg.data.img_size // 3 - 2, "at least 0, leaving tiles of 3 px"),
+        ("jigsaw.noise", cfg.jigsaw.noise >= 0, ">= 0"),
         ("model.depth", cfg.model.depth >= 0, ">= 0 (0: the named ViT's)"),
         ("model.patch_size", cfg.model.stem == "patch" or cfg.model.patch_size in (2, 4, 8, 16, 32),
          "a power of two with model.stem=conv"),

@@ -19,8 +19,9 @@ Table 1's rows (`TABLE1`, each beside the paper's figure in summary.json and pai
 backbone): the random-init CNN and ViT, SB-SSL ViTs, GMML for the CNN (beyond the paper: pretrain/gmml_cnn_cpu
 or pretrain/gmml_cnn, then the CNN's recipe), and the ImageNet rows from local weights (`--imagenet-weights DIR`:
 DIR/alexnet.pth, torchvision's AlexNet state dict, for MRNet's row; DIR/vit_small.safetensors or .pth, a timm
-checkpoint, for the ViT-S comparison). A row that cannot run is listed with its reason: the ImageNet rows without
-the weights, the jigsaw rows of reference [20] (not implemented).
+checkpoint, for the ViT-S comparison). Reference [20]'s jigsaw rows pretrain
+the CNN with pretrain/jigsaw_cpu or pretrain/jigsaw (jigsaw.noise=0.5 for "+ noise"). A row that cannot run is
+listed with its reason: the ImageNet rows without the weights.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ CNN_SCRATCH = {"cpu": "grid/acl-sagittal", "paper": "table1/cnn-scratch"}
 TABLE1 = [
     ("Random init CNN (MRNet-style)", 0.754, CNN_SCRATCH, None),
     ("Random init ViT", 0.721, {"cpu": "table1/vit-scratch", "paper": "table1/vit-scratch"}, None),
-    ("[20] jigsaw CNN", 0.848, None, "Random init CNN (MRNet-style)"),
-    ("[20] + noise", 0.817, None, "Random init CNN (MRNet-style)"),
+    ("[20] jigsaw CNN", 0.848, {"cpu": "table1/jigsaw-cnn", "paper": "table1/jigsaw-cnn"},
+     "Random init CNN (MRNet-style)"),
+    ("[20] + noise", 0.817, {"cpu": "table1/jigsaw-noise-cnn", "paper": "table1/jigsaw-noise-cnn"},
+     "Random init CNN (MRNet-style)"),
     ("SB-SSL ViT-T", 0.952, {"cpu": "table1/sbssl-vit_tiny", "paper": "table1/sbssl-vit_tiny"}, "Random init ViT"),
     ("SB-SSL ViT-S", 0.954, {"paper": "table1/sbssl-vit_small"}, "Random init ViT"),
     ("SB-SSL ViT-B", 0.954, {"paper": "table1/sbssl-vit_base"}, "Random init ViT"),
@@ -61,7 +64,6 @@ TABLE1 = [
     ("GMML CNN (beyond the paper)", None, {"cpu": "table1/gmml-cnn", "paper": "table1/gmml-cnn"},
      "Random init CNN (MRNet-style)"),
 ]
-NOT_IMPLEMENTED = "jigsaw pretraining (reference [20]) is not implemented yet"
 TABLE1_BY_ROW = {r[0]: r for r in TABLE1}
 
 
@@ -167,6 +169,12 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
     like_grid = ["finetune.select=auc"] if cpu else []  # chosen as the grid's CNN it is paired with
     finetune("table1/gmml-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}/encoder.safetensors"], "cnn",
              1 if cpu else members)
+    # Reference [20]: jigsaw pretraining of the CNN, plain and with noise on its tiles, then the CNN's recipe
+    for name, over in (("jigsaw", []), ("jigsaw-noise", ["jigsaw.noise=0.5"])):
+        enc = pretrain(f"sagittal-{name}", "pretrain/jigsaw_cpu" if cpu else "pretrain/jigsaw",
+                       ["data.plane=sagittal", *over], None, "pretrain_cnn")
+        finetune(f"table1/{name}-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}/encoder.safetensors"], "cnn",
+                 1 if cpu else members)
     # ImageNet transfer from local files (models/imported.py): AlexNet needs >= 128 px
     for row, path in imagenet_files(imagenet, scale).items():
         over = ([*cnn, *like_grid, "data.img_size=128"] if cpu else cnn) if row == "alexnet" else ["init=scratch"]
@@ -217,7 +225,7 @@ def imagenet_files(folder: Path | None, scale: str) -> dict[str, Path]:
 
 def skipped_rows(scale: str, imagenet: Path | None) -> list[tuple[str, str]]:
     """Table 1 rows this reproduction cannot run, each with its reason."""
-    out = [(row, NOT_IMPLEMENTED) for row, _, runs, _ in TABLE1 if runs is None]
+    out = []
     have = imagenet_files(imagenet, scale)
     for row, name in (("MRNet: ImageNet AlexNet", "alexnet"), ("ImageNet ViT-S", "vit_small")):
         runs = dict(TABLE1_BY_ROW[row][2])
@@ -240,7 +248,7 @@ def table1_summary(out: Path, scale: str) -> list[dict]:
         rec: dict = {"row": row, "paper_auc": paper}
         run = Path(out) / runs[scale] if runs and scale in runs else None
         if run is None or not (run / METRICS).exists():
-            rec["skipped"] = NOT_IMPLEMENTED if runs is None else "not run at this scale or without its inputs"
+            rec["skipped"] = "not run at this scale or without its inputs"
             rows.append(rec)
             continue
         m = json.loads((run / METRICS).read_text())

@@ -2,8 +2,9 @@
 
 One step: uint8 slices -> [0, 1] -> augment -> normalise -> group-mask -> ViT ->
 averaged skip blocks -> light decoder -> L1 on masked pixels -> AdamW. With a CNN (`model.name=mrnet_cnn`), the
-encoder and decoder of models/gmml_cnn.py take the ViT's place; the rest is the same. Everything after
-the cache read is batched on the training device.
+encoder and decoder of models/gmml_cnn.py take the ViT's place; with `pretext=jigsaw`, reference [20]'s puzzle
+(jigsaw.py, models/jigsaw.py) takes GMML's. The run folder, logs, checkpoints and encoder file are the same.
+Everything after the cache read is batched on the training device.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.run_log import RunLog
 from sbssl.engine.runtime import run_in_folder, seed_everything
 from sbssl.engine.schedules import param_groups
-from sbssl.engine.tasks import GMMLTask
+from sbssl.engine.tasks import GMMLTask, JigsawTask
 from sbssl.errors import SbsslError
-from sbssl.models.build import build_gmml
+from sbssl.models.build import build_pretext
 from sbssl.models.encoder_file import save_encoder
 from sbssl.models.gmml import GMMLAutoencoder
 from sbssl.models.gmml_cnn import GMMLConvAutoencoder
@@ -58,7 +59,7 @@ class _Run:
     model: GMMLAutoencoder | GMMLConvAutoencoder
     trainer: Trainer
     dataset: SliceDataset
-    task: GMMLTask
+    task: GMMLTask | JigsawTask
 
     @property
     def global_batch(self) -> int:
@@ -91,7 +92,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if steps_per_epoch == 0:
         raise SbsslError(f"{root}: {len(dataset)} slices are fewer than one global batch ({global_batch})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_gmml(cfg)
+    model = build_pretext(cfg)
     align = getattr(model, "required_align", 1)
     if cfg.mask.align % align:
         raise SbsslError(f"mask.align={cfg.mask.align}: GMML with model.conv_masking=sparse needs mask groups aligned "
@@ -107,7 +108,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     warmup = min(int(cfg.train.warmup_epochs * steps_per_epoch), total // 2)
     trainer = Trainer(fabric, model_f, opt_f, cfg.train, lr, total, warmup, cfg.train.seed,
                       out / CHECKPOINTS / "last.pt")
-    run = _Run(cfg, out, model, trainer, dataset, GMMLTask(cfg, pre))
+    run = _Run(cfg, out, model, trainer, dataset, (JigsawTask if cfg.pretext == "jigsaw" else GMMLTask)(cfg, pre))
     start_epoch = _restore(run)
     runlog = RunLog(out, "pretrain", cfg.trainer.loggers, rank0, trainer.step if start_epoch else None)
     if start_epoch == 0 and rank0:
@@ -126,7 +127,8 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         runlog.epoch(rec)
         if rank0:
             last = epoch == cfg.train.epochs - 1 or trainer.finished
-            if cfg.train.recon_every > 0 and ((epoch + 1) % cfg.train.recon_every == 0 or last):
+            recon = cfg.train.recon_every > 0 and cfg.pretext == "gmml"  # a jigsaw restores nothing to show
+            if recon and ((epoch + 1) % cfg.train.recon_every == 0 or last):
                 save_recon_grid(model, run.task, fixed.to(fabric.device),
                                 out / "recon" / f"epoch_{epoch + 1:04d}.png", cfg.train.seed)
             ckpt.save_checkpoint(out / CHECKPOINTS, {

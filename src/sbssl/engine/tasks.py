@@ -57,6 +57,33 @@ class GMMLTask:
         return GMMLOutput(masked_l1(recon, target, mask, count), recon, target, corrupted, mask)
 
 
+@dataclass
+class JigsawOutput:
+    loss: torch.Tensor  # cross-entropy over the permutation set
+    logits: torch.Tensor
+    label: torch.Tensor
+
+
+class JigsawTask:
+    """Stage 1 with reference [20]'s pretext: augment -> standardise -> a shuffled 3 x 3 puzzle (jigsaw.py) ->
+    the jigsaw network -> cross-entropy on the permutation's index."""
+
+    def __init__(self, cfg: DictConfig, pre: Preprocessing):
+        from sbssl.jigsaw import JigsawPuzzle
+
+        self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
+        self.puzzle = JigsawPuzzle(cfg.jigsaw.permutations, cfg.jigsaw.gap, cfg.jigsaw.noise)
+        self.standardise = pre.standardise
+
+    def __call__(self, model: torch.nn.Module, x_u8: torch.Tensor, draw: Draw, augment: bool = True,
+                 global_count: Callable[[torch.Tensor], torch.Tensor] | None = None) -> JigsawOutput:
+        """`global_count` is GMML's (a mean over every sample already matches one process under DDP)."""
+        x01 = x_u8.float() / 255.0
+        tiles, label = self.puzzle(self.standardise(self.augment(x01, draw=draw) if augment else x01), draw)
+        logits = model(tiles).float()
+        return JigsawOutput(F.cross_entropy(logits, label), logits, label)
+
+
 class ExamTask:
     """Stage 2: augment each exam's slices (one draw per exam) -> slice classifier -> cross-entropy on the exam
     label. A frozen encoder's slice features, computed once, can stand in for the slices (linear probing)."""

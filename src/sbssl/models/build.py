@@ -29,6 +29,15 @@ def build_gmml(cfg: DictConfig) -> GMMLAutoencoder | GMMLConvAutoencoder:
     return GMMLAutoencoder(build_encoder(cfg), list(m.skip_blocks), m.decoder_dim, m.grad_checkpointing)
 
 
+def build_pretext(cfg: DictConfig):
+    """Stage 1's network for `cfg.pretext`: the GMML autoencoder, or the jigsaw network on the CNN."""
+    if cfg.pretext == "jigsaw":
+        from sbssl.models.jigsaw import JigsawNet
+
+        return JigsawNet(build_encoder(cfg), cfg.jigsaw.permutations)
+    return build_gmml(cfg)
+
+
 def build_classifier(cfg: DictConfig, encoder: PretrainedEncoder | None = None) -> SliceClassifier:
     """A ViT (its slice feature set by `finetune.slice_feature`) or the MRNet CNN, under the aggregator and head;
     with `encoder`, its pretrained weights loaded (`cfg` configured by `encoder.configure`). The one way a
