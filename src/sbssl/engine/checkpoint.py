@@ -78,3 +78,13 @@ def load_checkpoint(folder: Path) -> dict | None:
         raise SbsslError(f"{folder}: no readable checkpoint (last.pt and prev.pt are damaged); "
                          f"start afresh with --overwrite")
     return None
+
+
+def restore_into(state: dict, model, trainer) -> int:
+    """A checkpoint's model, optimiser, RNG and step into a run (`trainer`: engine.loop.Trainer); the epoch to
+    start at. Both stages resume this way, so a resumed run replays the uninterrupted one."""
+    model.load_state_dict(state["model"])
+    trainer.opt_f.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    trainer.step = state["step"]
+    return state["epoch"] + 1

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from sbssl.config import to_yaml
 from sbssl.data.cache import slice_cache_for
 from sbssl.data.datasets import ExamDataset, gather_index, loader
-from sbssl.data.layout import ALL_PLANES, synth_family
+from sbssl.data.layout import synth_family
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.inference import config_json, predict_probs, rows_read, slice_feature_table
@@ -48,9 +48,7 @@ log = logging.getLogger("sbssl")
 
 def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     """Train every member not yet in `out` (config.yaml, run.json, split.json, model-<seed>.safetensors), inside a
-    launched run folder (`engine.runtime.run_in_folder`)."""
-    if cfg.data.plane == ALL_PLANES:
-        raise SbsslError("data.plane=all is for pretraining; a classifier reads one plane (fuse the three after)")
+    launched run folder (`engine.runtime.run_in_folder`; `sbssl.workflow.finetune` checks the plane first)."""
     rank0 = fabric.global_rank == 0
     asked, init = cfg, encoder_init(str(cfg.init))
     if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
@@ -139,12 +137,8 @@ class _Member:
         """The member's checkpoint, if any, into the model, optimiser, RNG and selection; the epoch to start at."""
         if st is None:
             return 0
-        self.model.load_state_dict(st["model"])
-        self.trainer.opt_f.load_state_dict(st["optimizer"])
-        ckpt.set_rng_state(st["rng"])
-        self.trainer.step = st["step"]
         self.best = {"auc": st["best_auc"], "epoch": st["best_epoch"], "state": st["best_state"]}
-        return st["epoch"] + 1
+        return ckpt.restore_into(st, self.model, self.trainer)
 
     def epoch(self, epoch: int, exams_ds: ExamDataset, task: ExamTask) -> dict:
         """One pass over the oversampled fit exams (this rank's share of each global batch); the log record."""

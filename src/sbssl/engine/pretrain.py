@@ -151,13 +151,10 @@ def _restore(run: _Run) -> int:
         trim_jsonl(run.out / LOG, lambda rec: rec.get("epoch", done + 1) <= done)
     if state is None:
         return 0
-    run.model.load_state_dict(state["model"])
-    run.trainer.opt_f.load_state_dict(state["optimizer"])
-    ckpt.set_rng_state(state["rng"])
-    run.trainer.step = state["step"]
+    start = ckpt.restore_into(state, run.model, run.trainer)
     if run.trainer.fabric.global_rank == 0:
-        log.info("resuming %s at epoch %d (step %d)", run.out, state["epoch"] + 1, run.trainer.step)
-    return state["epoch"] + 1
+        log.info("resuming %s at epoch %d (step %d)", run.out, start, run.trainer.step)
+    return start
 
 
 def _extend(run: _Run, start_epoch: int) -> None:
