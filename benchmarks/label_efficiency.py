@@ -16,8 +16,9 @@ noise, and the spread over seeds is reported beside it. Random init is run with 
 with both: `scratch` (finetune/cpu's max pooling) and `scratch-token` (the GMML arms' token scoring, as the demo's
 scratch row), so a difference measures the pretraining, not the aggregator. The CNN arms run the demo's CNN
 recipe (finetune/demo with demo.ARMS["cnn"]: max over slices, lr 3.2e-2, no read-out) from random init (`cnn`)
-and from a GMML-pretrained CNN (`gmml-cnn`, --cnn-encoder: `sbssl pretrain --config pretrain/gmml_cnn_cpu`),
-and are paired with each other; `--cnn-encoder NAME=RUN` adds more pretrained CNN arms (`gmml-cnn-NAME`).
+and from a pretrained CNN encoder (`gmml-cnn`, --cnn-encoder: `sbssl pretrain --config pretrain/gmml_cnn_cpu`,
+or pretrain/jigsaw_cpu), and are paired with each other; `--cnn-encoder NAME=RUN` adds more pretrained CNN arms
+(`gmml-cnn-NAME`, whatever pretext made RUN).
 Adds a run to results/label_efficiency.json (named NAME), rewrites RESULTS.md and draws docs/NAME.png.
 """
 
@@ -131,7 +132,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = sorted({p["labels"] for p in points})
     extra = sorted({p["arm"] for p in points} - set(ARMS))
-    labels = {**ARMS, **{a: f"CNN, GMML-pretrained ({a})" for a in extra}}
+    labels = {**ARMS, **{a: f"CNN from the encoder '{a.removeprefix('gmml-cnn-')}'" for a in extra}}
     colours = {**COLOURS, **dict(zip(extra, CNN_COLOURS, strict=False))}
     for arm, label in labels.items():
         if not any(p["arm"] == arm for p in points):
