@@ -81,7 +81,7 @@ def synthesize(out: str | Path, train: int = 400, valid: int = 120, size: int = 
 
 
 class ExamClassifier:
-    """A fine-tuned run loaded for scoring: `predict` for probabilities, `explain` for an attention overlay."""
+    """A fine-tuned run loaded for scoring: `predict` for probabilities, `explain` for a saliency overlay."""
 
     def __init__(self, ensemble: Ensemble):
         self.ensemble = ensemble
@@ -110,8 +110,9 @@ class ExamClassifier:
         return float(p[0]) if one else p
 
     def explain(self, exam: Exam, out: str | Path, block: int = 10) -> dict:
-        """An attention overlay PNG at `out` (as `sbssl predict` draws them); returns the probability, each read
-        slice's weight, which slices are shown and the attention maps."""
+        """A saliency overlay PNG at `out` (as `sbssl predict` draws them: class-token attention for a ViT,
+        Grad-CAM for a CNN); returns the probability, each read slice's weight, which slices are shown, the maps
+        and their kind."""
         from sbssl.data.datasets import gather_exams
         from sbssl.explain import explain_exam
 

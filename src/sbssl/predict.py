@@ -1,4 +1,4 @@
-"""`sbssl predict`: exam-level probabilities and attention overlays for new exams.
+"""`sbssl predict`: exam-level probabilities and saliency overlays (attention or Grad-CAM) for new exams.
 
 New exams (.npy, NIfTI, DICOM series folders or files, or folders of them) through a fine-tuned ensemble (or a
 fused one: each exam's three planes), most urgent first; an unreadable input is reported and skipped.

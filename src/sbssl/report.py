@@ -3,7 +3,7 @@
 It finds, below the folders given: fine-tuned runs (metrics.json), pretraining runs
 (encoder.safetensors + recon/), comparisons (compare.json) and explanation overlays
 (explain/*.png), and lays them out as the paper does: a Table 1, the paired AUC
-difference, ROC curves, reconstructions, attention maps, training curves, configs. The page is a Jinja2
+difference, ROC curves, reconstructions, attention and Grad-CAM maps, training curves, configs. The page is a Jinja2
 template (templates/report.html.j2, autoescaped); this module only gathers what goes in it.
 """
 

@@ -51,7 +51,7 @@ def masked_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, keep: torch.Tensor) -
     if not bn.training:
         return bn(x)
     xf, k = x.float(), keep.float()
-    count = k.sum() .clamp(min=2.0)
+    count = k.sum().clamp(min=2.0)
     mean = (xf * k).sum((0, 2, 3)) / count
     var = (((xf - mean[None, :, None, None]) ** 2) * k).sum((0, 2, 3)) / count
     with torch.no_grad():
