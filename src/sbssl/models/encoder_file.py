@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -21,6 +22,9 @@ from sbssl.models.vit import in_chans_of, stem_of
 from sbssl.registry import CNNS, VITS
 from sbssl.utils.io import atomic_write
 from sbssl.utils.rundir import ENCODER
+
+if TYPE_CHECKING:
+    from sbssl.models.imported import ImportedWeights
 
 FORMAT = "sbssl-gmml-encoder"
 
@@ -117,7 +121,7 @@ def with_architecture(cfg: DictConfig, arch: dict) -> DictConfig:
     return out
 
 
-def encoder_init(init: str):
+def encoder_init(init: str) -> PretrainedEncoder | ImportedWeights | None:
     """`scratch` -> None; `builtin:NAME`, a GMML run folder or its encoder.safetensors -> the encoder, checked
     (a `PretrainedEncoder`); a torchvision AlexNet or timm ViT weights file -> `models.imported.ImportedWeights`."""
     if init in ("", "scratch", "random"):
