@@ -93,11 +93,9 @@ def _method(m: dict) -> str:
 
 def _paper_auc(m: dict) -> float | None:
     """The paper's Table 1 AUC for this kind of run (MRNet, ACL, sagittal), beside ours; None beyond the paper."""
-    method, model = _method(m), m.get("model", "")
-    if method.startswith("SB-SSL"):
-        return {"vit_tiny": 0.952, "vit_small": 0.954, "vit_base": 0.954}.get(model)
-    return {"Random init CNN (MRNet-style)": 0.754, "Random init ViT": 0.721,
-            "ImageNet-pretrained CNN (MRNet: AlexNet)": 0.963}.get(method)
+    from sbssl.reproduce import paper_auc
+
+    return paper_auc(_method(m), m.get("model", ""))
 
 
 def _curves_png(found: Found) -> bytes | None:

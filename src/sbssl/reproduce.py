@@ -125,7 +125,7 @@ def sizes_of(data: Path, slab: float) -> Sizes:
 
 def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, imagenet: Path | None = None
          ) -> list[Step]:
-    """The steps of a reproduction, in order, with their estimated seconds (`skipped` lists what cannot run)."""
+    """The steps of a reproduction, in order, with their estimated seconds (`skipped_rows`: what cannot run)."""
     if scale not in RATES:
         raise SbsslError(f"reproduce: unknown scale '{scale}' (want cpu or paper)")
     rate, extra = RATES[scale], list(extra or [])
@@ -228,8 +228,7 @@ def skipped_rows(scale: str, imagenet: Path | None) -> list[tuple[str, str]]:
     out = []
     have = imagenet_files(imagenet, scale)
     for row, name in (("MRNet: ImageNet AlexNet", "alexnet"), ("ImageNet ViT-S", "vit_small")):
-        runs = dict(TABLE1_BY_ROW[row][2])
-        if scale in runs and name not in have:
+        if scale in TABLE1_BY_ROW[row][2] and name not in have:
             out.append((row, "needs --imagenet-weights DIR with " + ("alexnet.pth" if name == "alexnet" else
                                                                      "vit_small.safetensors or .pth")))
     return out
@@ -240,8 +239,7 @@ def table1_summary(out: Path, scale: str) -> list[dict]:
     backbone (paired bootstrap on the same valid exams); rows without a finished run say so."""
     import json
 
-    from sbssl.evaluation.metrics import paired_auc_difference
-    from sbssl.evaluation.report_files import read_predictions
+    from sbssl.evaluation.report_files import paired_runs
 
     rows = []
     for row, paper, runs, base in TABLE1:
@@ -256,12 +254,19 @@ def table1_summary(out: Path, scale: str) -> list[dict]:
         base_runs = TABLE1_BY_ROW[base][2] if base else None
         base_run = Path(out) / base_runs[scale] if base_runs and scale in base_runs else None
         if base_run is not None and (base_run / METRICS).exists():
-            _, pa, y = read_predictions(run / "predictions.csv")
-            _, pb, _ = read_predictions(base_run / "predictions.csv")
-            d = paired_auc_difference(y, pa, pb, 2000, seed=0)
+            d = paired_runs(run, base_run)
             rec["minus_random_init"] = {"vs": base, "difference": d["difference"], "ci95": d["ci95"]}
         rows.append(rec)
     return rows
+
+
+def paper_auc(method: str, model: str) -> float | None:
+    """The paper's Table 1 AUC for a run the report names `method` (report._method) with backbone `model`."""
+    if method.startswith("SB-SSL"):
+        row = {"vit_tiny": "SB-SSL ViT-T", "vit_small": "SB-SSL ViT-S", "vit_base": "SB-SSL ViT-B"}.get(model)
+    else:
+        row = {"ImageNet-pretrained CNN (MRNet: AlexNet)": "MRNet: ImageNet AlexNet"}.get(method, method)
+    return TABLE1_BY_ROW[row][1] if row in TABLE1_BY_ROW else None
 
 
 def _vit_cost(cfg: str) -> float:

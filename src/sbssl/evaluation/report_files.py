@@ -87,7 +87,17 @@ def roc_plot(path: Path, y: np.ndarray, member_probs: np.ndarray, ensemble: np.n
 
 
 def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
-    """Paired bootstrap of AUC(a) - AUC(b) on the exams both runs scored."""
+    """Paired bootstrap of AUC(a) - AUC(b) on the exams both runs scored; writes compare.json and its plot."""
+    res = paired_runs(run_a, run_b, reps)
+    out = Path(out)
+    boot = np.array(res.pop("bootstrap"))
+    atomic_write_json(out / COMPARE, res)
+    _compare_plot(out / COMPARE_PLOT, boot, res)
+    return res
+
+
+def paired_runs(run_a: Path, run_b: Path, reps: int = 2000) -> dict:
+    """`metrics.paired_auc_difference` of two run folders' predictions, checked to score the same exams."""
     from sbssl.errors import SbsslError
     from sbssl.evaluation.metrics import paired_auc_difference
 
@@ -103,10 +113,6 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
         raise SbsslError(f"{pa}: compare needs labels of both classes")
     res = paired_auc_difference(ya, qa, qb, reps)
     res.update({"run_a": str(run_a), "run_b": str(run_b)})
-    out = Path(out)
-    boot = np.array(res.pop("bootstrap"))
-    atomic_write_json(out / COMPARE, res)
-    _compare_plot(out / COMPARE_PLOT, boot, res)
     return res
 
 

@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sbssl.errors import SbsslError
+from sbssl.registry import CNNS
 
 ALEXNET_CONVS = (0, 3, 6, 8, 10)  # torchvision's alexnet().features indices of its convolutions
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -74,8 +75,6 @@ class ImportedWeights:
 
     def configure(self, cfg: DictConfig) -> DictConfig:
         """The user's config, checked against the file: an AlexNet for the CNN, a ViT for a patch-stem ViT."""
-        from sbssl.registry import CNNS
-
         want = "alexnet" if cfg.model.name in CNNS else "vit"
         if self.kind != want:
             raise SbsslError(f"{self.path}: {self.kind} weights cannot start model.name={cfg.model.name} "
