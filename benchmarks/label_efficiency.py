@@ -8,17 +8,17 @@ labelled exams grows, over several subset seeds -- the curve that says how many 
 Without --data a synthetic set is generated (--train/--valid/--size/--difficulty, seed 2: neither the shipped
 encoder's archive, seed 1, nor the demo's, seed 0). Every point fine-tunes the CPU recipe (finetune/cpu, one
 member) on a stratified subset of n train exams (`finetune.labels=n`, nested per seed: the 50 contain the 25),
-chooses its epoch on a stratified fifth of that subset and is scored on the whole valid split. Every run gets
-about the same number of optimiser steps (--steps; more epochs for fewer exams), so a small subset is not also
-undertrained. The GMML - scratch difference at each n is averaged over seeds; its interval comes from the same
-paired stratified bootstrap resamples of the valid exams applied to every seed's pair, so it holds the valid-set
-noise, and the spread over seeds is reported beside it. Random init is run with two models, each GMML arm paired
-with both: `scratch` (finetune/cpu's max pooling) and `scratch-token` (the GMML arms' token scoring, as the demo's
-scratch row), so a difference measures the pretraining, not the aggregator. The CNN arms run the demo's CNN
-recipe (finetune/demo with demo.ARMS["cnn"]: max over slices, lr 3.2e-2, no read-out) from random init (`cnn`)
-and from a pretrained CNN encoder (`gmml-cnn`, --cnn-encoder: `sbssl pretrain --config pretrain/gmml_cnn_cpu`,
-or pretrain/jigsaw_cpu), and are paired with each other; `--cnn-encoder NAME=RUN` adds more pretrained CNN arms
-(`gmml-cnn-NAME`, whatever pretext made RUN).
+chooses its epoch on a stratified fifth of that subset and is scored on the whole valid split. Every run gets about
+the same number of optimiser steps (--steps; more epochs for fewer exams), so a small subset is not also
+undertrained. Every arm looks at finetune/demo's region of interest (about the knee). The GMML - scratch difference
+at each n is averaged over seeds; its interval comes from the same paired stratified bootstrap resamples of the
+valid exams applied to every seed's pair, so it holds the valid-set noise, and the spread over seeds is reported
+beside it. Random init is run with two models, each GMML arm paired with both: `scratch` (finetune/cpu's max
+pooling) and `scratch-token` (the GMML arms' token scoring, as the demo's scratch row), so a difference measures
+the pretraining, not the aggregator. The CNN arms run the demo's CNN recipe (finetune/demo with demo.ARMS["cnn"]:
+max over slices, lr 3.2e-2, no read-out) from random init (`cnn`) and from a pretrained CNN encoder (`gmml-cnn`,
+--cnn-encoder: `sbssl pretrain --config pretrain/gmml_cnn_cpu`, or pretrain/jigsaw_cpu), and are paired with each
+other; `--cnn-encoder NAME=RUN` adds more pretrained CNN arms (`gmml-cnn-NAME`, whatever pretext made RUN).
 Adds a run to results/label_efficiency.json (named NAME), rewrites RESULTS.md and draws docs/NAME.png.
 """
 
@@ -91,12 +91,18 @@ def base_recipe(arm: str) -> str:
 
 
 def arm_overrides(arm: str, encoder: str, cnn_inits: dict[str, str] | None = None) -> list[str]:
+    """What makes `arm` differ from its base recipe. Every arm looks at the demo's region of interest, so
+    that two arms differ only in what they name."""
+    return [f"data.roi={_demo().data.roi}", *_arm_overrides(arm, encoder, cnn_inits or {})]
+
+
+def _arm_overrides(arm: str, encoder: str, cnn_inits: dict[str, str]) -> list[str]:
     from sbssl.demo import ARMS as DEMO_ARMS
 
     if arm == "cnn":  # the demo's CNN arm, random init
         return list(DEMO_ARMS["cnn"])
     if arm.startswith("gmml-cnn"):  # the same recipe from a GMML-pretrained CNN
-        return [*DEMO_ARMS["cnn"], f"init={(cnn_inits or {})[arm]}"]
+        return [*DEMO_ARMS["cnn"], f"init={cnn_inits[arm]}"]
     if arm == "scratch":  # finetune/cpu's own model: max over tokens and slices
         return ["init=scratch"]
     if arm == "scratch-token":  # lpft's model (token scoring) from random init at scratch's lr: the demo's baseline

@@ -20,7 +20,18 @@ def test_plan_covers_table1_ablations_and_grid(tmp_path: Path):
     steps = plan(tmp_path, "cpu", Sizes(300, 12))
     names = [s.name for s in steps]
     assert "finetune table1/vit-scratch" in names and "finetune table1/sbssl-vit_tiny" in names
-    assert {"finetune ablations/epochs1", "finetune ablations/zeros"} <= set(names)
+    assert {"finetune ablations/base", "finetune ablations/epochs1", "finetune ablations/zeros"} <= set(names)
+    # the ViT rows run the demo's recipe; SB-SSL from the folder's own slices (the recipe's own epochs) or, on the
+    # synthetic set it was made for, from the shipped encoder
+    by_name = {s.name: s for s in steps}
+    sbssl_vit = by_name["finetune table1/sbssl-vit_tiny"]
+    assert sbssl_vit.config == by_name["finetune table1/vit-scratch"].config == "finetune/demo"
+    own = by_name["pretrain sagittal-vit_tiny"]
+    assert f"init={own.out / 'encoder.safetensors'}" in sbssl_vit.overrides
+    assert not any(o.startswith("train.epochs") for o in own.overrides)
+    shipped = {s.name: s for s in plan(tmp_path, "cpu", Sizes(300, 12), shipped_encoder=True)}
+    assert "init=builtin:cpu" in shipped["finetune table1/sbssl-vit_tiny"].overrides
+    assert "pretrain sagittal-vit_tiny" not in shipped and len(shipped) == len(steps) - 1
     assert sum(n.startswith("finetune grid/") for n in names) == 9
     assert [n for n in names if n.startswith("fuse")] == [f"fuse {t}" for t in GRID_TASKS]
     # each fine-tuning from a pretraining comes after it; each fusion after its three plane runs
@@ -67,7 +78,7 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
     out = tmp_path / "repro"
     res = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith("plan: 25 steps, 0 done")
+    assert res.stdout.startswith("plan: 27 steps, 0 done")
     assert "[ skipped] Table 1 row 'MRNet: ImageNet AlexNet': needs --imagenet-weights" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
     table = {r["row"]: r for r in summary["table1"]}
@@ -92,5 +103,5 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
         assert f"<tr><td>{task}</td>{want}</tr>" in grid_html, task
     assert (out / "commands.txt").read_text().count("sbssl fuse") == 3
     again = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY)
-    assert again.returncode == 0 and again.stdout.startswith("plan: 25 steps, 25 done")
+    assert again.returncode == 0 and again.stdout.startswith("plan: 27 steps, 27 done")
     assert "step " not in again.stderr  # nothing reran

@@ -10,10 +10,14 @@ Scales:
 - paper: the paper's recipes (GMML ViT-T/S/B, 800 epochs; fine-tuning 5-member ensembles), the pretraining
   ablations (epochs, corruption type) and the grid with SB-SSL ViT-S per plane, each plane fine-tuned from
   its own plane's pretraining. Meant for the real MRNet folder on a GPU.
-- cpu: the CPU recipes (pretrain/cpu, finetune/cpu) on the synthetic set (generated when --data is not given):
-  Table 1 with ViT-T only, two ablation runs (1 pretraining epoch; zeros instead of noise), and the grid with
-  MRNet's own model (the CNN, one per plane, fused by logistic regression), the model that learns at this
-  budget. ViT-S/B rows are left to the paper scale.
+- cpu: the CPU recipes on the synthetic set (generated when --data is not given): Table 1 with ViT-T only, its
+  ViT rows fine-tuned with the demo's recipe (finetune/demo: LP-FT, token scoring; random init as the demo's
+  scratch arm). SB-SSL ViT-T starts from the shipped encoder on the synthetic set (pretrain/cpu run for 44
+  epochs on 1,130 other knees of the same generator: unlabelled knees of the same kind, never these exams) and
+  from pretrain/cpu on the folder's own train slices (its 24 epochs) on a user's --data, the paper's setting. Three
+  ablation runs (pretrain/cpu for 2 epochs, 1 epoch, and 2 with zeros instead of noise, each then finetune/cpu)
+  and the grid with MRNet's own model (the CNN, one per plane, fused by logistic regression), the model that
+  learns at this budget. ViT-S/B rows are left to the paper scale.
 
 Table 1's rows (`TABLE1`, each beside the paper's figure in summary.json and paired against random init of its
 backbone): the random-init CNN and ViT, SB-SSL ViTs, GMML for the CNN (beyond the paper: pretrain/gmml_cnn_cpu
@@ -123,9 +127,11 @@ def sizes_of(data: Path, slab: float) -> Sizes:
     return Sizes(len(recs), max(1, round(slab * sum(n) / len(n))))
 
 
-def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, imagenet: Path | None = None
-         ) -> list[Step]:
-    """The steps of a reproduction, in order, with their estimated seconds (`skipped_rows`: what cannot run)."""
+def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, imagenet: Path | None = None,
+         shipped_encoder: bool = False) -> list[Step]:
+    """The steps of a reproduction, in order, with their estimated seconds (`skipped_rows`: what cannot run).
+    shipped_encoder: at cpu scale, SB-SSL ViT-T starts from builtin:cpu (only for the synthetic set it was made
+    for) instead of pretraining on the data's own slices."""
     if scale not in RATES:
         raise SbsslError(f"reproduce: unknown scale '{scale}' (want cpu or paper)")
     rate, extra = RATES[scale], list(extra or [])
@@ -158,11 +164,18 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
     # Table 1 (ACL, sagittal). At cpu scale its CNN row is the grid's acl/sagittal run, trained once below.
     if not cpu:
         finetune("table1/cnn-scratch", ft_cfg, cnn, "cnn")
-    finetune("table1/vit-scratch", ft_cfg, ["init=scratch"])
-    for vit in ["vit_tiny"] if cpu else ["vit_tiny", "vit_small", "vit_base"]:
-        cfg_p, cfg_f = (pre_cfg, ft_cfg) if cpu else (f"pretrain/{vit}", f"finetune/{vit}")
-        enc = pretrain(f"sagittal-{vit}", cfg_p, ["data.plane=sagittal"], pre_epochs)
-        finetune(f"table1/sbssl-{vit}", cfg_f, [f"init={enc}/encoder.safetensors"])
+    if cpu:  # the demo's ViT recipe and its scratch arm: 2 pretraining epochs and finetune/cpu learn nothing
+        from sbssl.demo import ARMS
+
+        finetune("table1/vit-scratch", "finetune/demo", ARMS["scratch"])
+        enc = "builtin:cpu" if shipped_encoder else str(
+            pretrain("sagittal-vit_tiny", pre_cfg, ["data.plane=sagittal"], None) / ENCODER)
+        finetune("table1/sbssl-vit_tiny", "finetune/demo", [f"init={enc}"])
+    else:
+        finetune("table1/vit-scratch", ft_cfg, ["init=scratch"])
+        for vit in ["vit_tiny", "vit_small", "vit_base"]:
+            enc = pretrain(f"sagittal-{vit}", f"pretrain/{vit}", ["data.plane=sagittal"], pre_epochs)
+            finetune(f"table1/sbssl-{vit}", f"finetune/{vit}", [f"init={enc}/encoder.safetensors"])
     # GMML for the CNN (its recipe's epochs), then the CNN's fine-tuning recipe from it
     enc = pretrain("sagittal-gmml_cnn", "pretrain/gmml_cnn_cpu" if cpu else "pretrain/gmml_cnn",
                    ["data.plane=sagittal"], None, "pretrain_cnn")
@@ -181,10 +194,12 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
         finetune(f"table1/imagenet-{row}", ft_cfg if cpu or row == "alexnet" else f"finetune/{row}",
                  [*over, f"init={path}"], "cnn" if row == "alexnet" else "vit", 1 if cpu else members)
     # Ablations of the pretraining, on the recipe's ViT: half the epochs; the other corruption (the CPU recipe
-    # corrupts with noise, the paper's with zeros).
+    # corrupts with noise, the paper's with zeros). Paper scale: against Table 1's SB-SSL ViT-S; cpu scale:
+    # short runs against their own reference (`base`, the recipe's corruption for pre_epochs).
     enc_name = "vit_tiny" if cpu else "vit_small"
     other = "zeros" if cpu else "noise"
-    for name, over, epochs in [(f"epochs{pre_epochs // 2}", [], pre_epochs // 2),
+    for name, over, epochs in [*([("base", [], pre_epochs)] if cpu else []),
+                               (f"epochs{pre_epochs // 2}", [], pre_epochs // 2),
                                (other, [f"mask.type={other}"], pre_epochs)]:
         enc = pretrain(f"sagittal-{enc_name}-{name}", pre_cfg, ["data.plane=sagittal", *over], epochs)
         finetune(f"ablations/{name}", ft_cfg, [f"init={enc}/encoder.safetensors"])
@@ -297,11 +312,13 @@ def reproduce(out: Path, data: Path | None = None, scale: str = "cpu", extra: li
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if data is None:
+    synthetic = data is None
+    if synthetic:
         if scale != "cpu":
             raise SbsslError("reproduce: --scale paper needs --data (the MRNet-v1.0 folder)")
         data = _synthetic(out)
-    steps = plan(out, scale, sizes_of(data, 0.4 if scale == "cpu" else 1.0), extra, imagenet)
+    steps = plan(out, scale, sizes_of(data, 0.4 if scale == "cpu" else 1.0), extra, imagenet,
+                 shipped_encoder=synthetic)
     text = plan_text(steps, data, skipped_rows(scale, imagenet))
     print(text, flush=True)
     atomic_write_text(out / "plan.txt", text + "\n")
