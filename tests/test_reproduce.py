@@ -25,7 +25,8 @@ def test_plan_covers_table1_ablations_and_grid(tmp_path: Path):
     # synthetic set it was made for, from the shipped encoder
     by_name = {s.name: s for s in steps}
     sbssl_vit = by_name["finetune table1/sbssl-vit_tiny"]
-    assert sbssl_vit.config == by_name["finetune table1/vit-scratch"].config == "finetune/demo"
+    assert sbssl_vit.config == by_name["finetune table1/vit-scratch-token"].config == "finetune/demo"
+    assert by_name["finetune table1/vit-scratch"].config == "finetune/cpu"
     own = by_name["pretrain sagittal-vit_tiny"]
     assert f"init={own.out / 'encoder.safetensors'}" in sbssl_vit.overrides
     assert not any(o.startswith("train.epochs") for o in own.overrides)
@@ -78,7 +79,7 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
     out = tmp_path / "repro"
     res = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.startswith("plan: 27 steps, 0 done")
+    assert res.stdout.startswith("plan: 28 steps, 0 done")
     assert "[ skipped] Table 1 row 'MRNet: ImageNet AlexNet': needs --imagenet-weights" in res.stdout
     summary = json.loads((out / "summary.json").read_text())
     table = {r["row"]: r for r in summary["table1"]}
@@ -103,5 +104,5 @@ def test_reproduce_runs_resumes_and_reports(tiny_set: Path, tmp_path: Path):
         assert f"<tr><td>{task}</td>{want}</tr>" in grid_html, task
     assert (out / "commands.txt").read_text().count("sbssl fuse") == 3
     again = run_cli("reproduce", "--data", tiny_set, "--out", out, *TINY)
-    assert again.returncode == 0 and again.stdout.startswith("plan: 27 steps, 27 done")
+    assert again.returncode == 0 and again.stdout.startswith("plan: 28 steps, 28 done")
     assert "step " not in again.stderr  # nothing reran

@@ -278,12 +278,14 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
                   Path(a.imagenet_weights) if a.imagenet_weights else None)
     if not s:
         return
-    print("\nTable 1 (ACL, sagittal): ours [95% CI] (paper)")
+    print("\nTable 1 (ACL, sagittal): ours [95% CI] (paper) ours minus random init of the backbone, paired")
     for r in s["table1"]:
-        paper = f"({r['paper_auc']:.3f})" if r["paper_auc"] is not None else "(beyond the paper)"
+        paper = f"({r['paper_auc']:.3f})" if r["paper_auc"] is not None else "(not in the paper)"
         ours = (f"{r['auc']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]" if "auc" in r
                 else f"skipped: {r['skipped']}")
-        print(f"  {r['row']:32s} {ours:28s} {paper}")
+        d = r.get("minus_random_init")
+        diff = f"  {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
+        print(f"  {r['row']:32s} {ours:28s} {paper:18s}{diff}".rstrip())
     cols = [*PLANES, "fused"]
     print(f"\n{'task':10s}" + "".join(f"{c:>24s}" for c in cols))
     for t in GRID_TASKS:
