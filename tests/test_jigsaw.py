@@ -46,7 +46,8 @@ def test_puzzle_tiles_are_the_cells_shuffled_by_the_drawn_permutation():
 
 
 def test_jigsaw_pretraining_learns_and_starts_the_cnn(tiny_set: Path, tmp_path: Path):
-    from sbssl.engine.pretrain import pretrain
+    from sbssl import report
+    from sbssl.engine.pretrain import pretext_name, pretrain
     from sbssl.models.build import build_classifier
     from sbssl.models.encoder_file import encoder_init
 
@@ -59,5 +60,10 @@ def test_jigsaw_pretraining_learns_and_starts_the_cnn(tiny_set: Path, tmp_path: 
     enc = encoder_init(str(tmp_path / "jig"))
     model = build_classifier(enc.configure(load_config("finetune/demo")), enc)
     torch.testing.assert_close(model.encoder.features[0].weight, enc.weights["features.0.weight"])
+    # the file says which pretext made it, so a run started from it (and the report) names the jigsaw, not GMML
+    assert enc.tag == "jigsaw" and encoder_init("builtin:cpu").tag == "gmml"
+    assert report._method({"init": f"{enc.tag}:{enc.path}", "model": "mrnet_cnn"}) == "[20] jigsaw CNN"
+    assert report._method({"init": "jigsaw+noise:x", "model": "mrnet_cnn"}) == "[20] + noise"
+    assert pretext_name(load_config("pretrain/jigsaw_cpu", ["jigsaw.noise=0.5"])) == "jigsaw+noise"
     with pytest.raises(ConfigError, match="a CNN for pretext=jigsaw"):
         load_config(None, ["pretext=jigsaw", "model.name=vit_tiny"])

@@ -83,10 +83,12 @@ def _method(m: dict) -> str:
     init = str(m.get("init", ""))
     if init.startswith("imported:"):
         return f"ImageNet-pretrained {'CNN (MRNet: AlexNet)' if m.get('model') in CNNS else 'ViT'}"
+    if init.startswith("jigsaw"):
+        return "[20] + noise" if init.startswith("jigsaw+noise:") else "[20] jigsaw CNN"
     if m.get("model") in CNNS:
         gmml = init.startswith("gmml:")
         return "GMML-pretrained CNN (beyond the paper)" if gmml else "Random init CNN (MRNet-style)"
-    if str(m.get("init", "")).startswith("gmml:"):
+    if init.startswith("gmml:"):
         return "SB-SSL (GMML pretrained)"
     return "Random init ViT"
 

@@ -66,6 +66,13 @@ class _Run:
         return self.cfg.train.batch_size * self.trainer.fabric.world_size
 
 
+def pretext_name(cfg: DictConfig) -> str:
+    """The pretext an encoder file records: gmml, jigsaw, or jigsaw+noise ("[20] + noise")."""
+    if cfg.pretext != "jigsaw":
+        return str(cfg.pretext)
+    return "jigsaw+noise" if float(cfg.jigsaw.noise) > 0 else "jigsaw"
+
+
 def plane_caches(cfg: DictConfig, root: Path, fabric) -> list:
     """The train slices GMML learns from: one plane's (data.plane), or with data.plane=all every plane's of an
     MRNet folder, so one encoder serves the three planes' classifiers. Labels are unused."""
@@ -137,7 +144,7 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         fabric.barrier()
     runlog.close()
     if rank0:
-        save_encoder(model.encoder, cfg.model.name, pre, out / FINISHED)
+        save_encoder(model.encoder, cfg.model.name, pre, out / FINISHED, pretext_name(cfg))
         log.info("pretraining done: %s", out / FINISHED)
     fabric.barrier()
     return out / FINISHED

@@ -40,9 +40,11 @@ def encoder_meta(encoder: torch.nn.Module, name: str) -> dict[str, str]:
             "stem": stem_of(encoder), "depth": str(len(encoder.blocks))}
 
 
-def save_encoder(encoder: torch.nn.Module, name: str, pre: Preprocessing, path: Path) -> None:
-    """The encoder alone, as timm names its weights, plus what rebuilds it and its preprocessing record."""
-    meta = {**encoder_meta(encoder, name), **pre.to_meta(), "format": FORMAT}
+def save_encoder(encoder: torch.nn.Module, name: str, pre: Preprocessing, path: Path, pretext: str = "gmml"
+                 ) -> None:
+    """The encoder alone, as timm names its weights, plus what rebuilds it, its preprocessing record and the
+    pretext that trained it (gmml, jigsaw, jigsaw+noise), which runs started from it carry in their `init`."""
+    meta = {**encoder_meta(encoder, name), **pre.to_meta(), "format": FORMAT, "pretext": pretext}
     sd = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
     atomic_write(path, lambda p: save_file(sd, str(p), metadata=meta))
 
@@ -77,7 +79,11 @@ class PretrainedEncoder:
     meta: dict[str, str]
     path: Path
 
-    tag = "gmml"  # run.json's init: "gmml:<path>"
+    @property
+    def tag(self) -> str:
+        """run.json's init is "<tag>:<path>": the pretext that made the encoder (files before it was stored:
+        GMML)."""
+        return self.meta.get("pretext", "gmml")
 
     @property
     def preprocessing(self) -> Preprocessing:
