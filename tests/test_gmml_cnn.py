@@ -13,6 +13,7 @@ from sbssl.config import load_config
 from sbssl.errors import SbsslError
 from sbssl.masking import GroupMasking
 from sbssl.models.gmml_cnn import GMMLConvAutoencoder, masked_batch_norm
+from sbssl.models.resnet import ResNet18Encoder
 from sbssl.models.slice_classifier import MRNetCNN
 
 CNN = ["model.name=mrnet_cnn", "data.img_size=16", "mask.align=4", "trainer.accelerator=cpu",
@@ -24,11 +25,12 @@ def _corrupt(x: torch.Tensor, align: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("conv_masking", ["sparse", "dense"])
-def test_only_the_dense_encoder_sees_what_the_masked_pixels_hold(conv_masking: str):
+@pytest.mark.parametrize(("cnn", "stride"), [(MRNetCNN, 4), (ResNet18Encoder, 8)])
+def test_only_the_dense_encoder_sees_what_the_masked_pixels_hold(conv_masking: str, cnn: type, stride: int):
     torch.manual_seed(0)
-    model = GMMLConvAutoencoder(MRNetCNN(1, 32), 32, 1, conv_masking).train()
-    assert model.stride == 4 and model.required_align == (4 if conv_masking == "sparse" else 1)
-    corrupted, mask = _corrupt(torch.randn(6, 1, 32, 32), 4)
+    model = GMMLConvAutoencoder(cnn(1, 32), 32, 1, conv_masking).train()
+    assert model.stride == stride and model.required_align == (stride if conv_masking == "sparse" else 1)
+    corrupted, mask = _corrupt(torch.randn(6, 1, 32, 32), stride)  # a ResNet: residual sums masked too
     other = torch.where(mask, 5 * torch.randn_like(corrupted), corrupted)  # other values in the groups only
     a, b = model(corrupted, mask), model(other, mask)
     assert a.shape == corrupted.shape
@@ -107,3 +109,30 @@ def test_dense_gmml_cnn_runs_on_unaligned_groups(tiny_set: Path, tmp_path: Path)
     pretrain(load_config(None, [*CNN, "model.conv_masking=dense", "mask.align=1", "train.epochs=1",
                                 "train.max_steps=2"]), tiny_set, tmp_path / "dense")
     assert (tmp_path / "dense" / "encoder.safetensors").exists()
+
+
+def test_resnet18_is_a_cnn_encoder_for_gmml_the_jigsaw_and_grad_cam(tiny_set: Path, tmp_path: Path):
+    from sbssl.engine.pretrain import pretrain
+    from sbssl.explain import explain
+    from sbssl.models.build import build_classifier
+    from sbssl.models.encoder_file import encoder_init
+    from sbssl.workflow import finetune
+
+    res = ["model.name=resnet18", "train.max_steps=2"]
+    pre = pretrain(load_config("pretrain/gmml_cnn_cpu", [*CNN, *res, "model.conv_masking=sparse", "mask.align=8",
+                                                         "train.epochs=1"]), tiny_set, tmp_path / "pre")
+    jig = pretrain(load_config("pretrain/jigsaw_cpu", [*CNN, *res, "jigsaw.permutations=10", "train.epochs=1"]),
+                   tiny_set, tmp_path / "jig")
+    enc = encoder_init(str(pre))
+    model = build_classifier(enc.configure(load_config("finetune/demo", [f"init={pre}"])), enc)
+    assert isinstance(model.encoder, ResNet18Encoder) and model.encoder.img_size == 16
+    torch.testing.assert_close(model.encoder.features[3][0].conv1.weight, enc.weights["features.3.0.conv1.weight"])
+    for enc, tag in ((pre, "gmml"), (jig, "jigsaw")):
+        out = tmp_path / f"ft-{tag}"
+        finetune(load_config("finetune/demo", [f"init={enc}", "finetune.ensemble=1", "finetune.probe_steps=0",
+                                               "train.epochs=1", "finetune.slices=4", "trainer.accelerator=cpu"]),
+                 tiny_set, out)
+        run = json.loads((out / "run.json").read_text())
+        assert run["architecture"]["model"]["name"] == "resnet18" and run["init"].startswith(f"{tag}:")
+    pngs = explain(out, tiny_set, tmp_path / "explain", n=1)
+    assert len(pngs) == 1 and pngs[0].read_bytes()[:4] == b"\x89PNG"

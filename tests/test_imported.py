@@ -77,6 +77,7 @@ def test_bad_weight_files_are_one_line(alexnet_file: Path, tiny_set: Path, tmp_p
              (truncated, CNN_128, "not a readable weights file"),
              (foreign, CNN_128, "neither a GMML encoder"),
              (alexnet_file, VIT_64, "alexnet weights cannot start model.name=vit_tiny"),
+             (alexnet_file, ["model.name=resnet18", "data.img_size=128"], "cannot start model.name=resnet18"),
              (alexnet_file, ["model.name=mrnet_cnn", "data.img_size=32"], "needs data.img_size >= 128")]
     for path, over, needle in cases:
         with pytest.raises(SbsslError, match=needle) as e:

@@ -63,7 +63,8 @@ AGGREGATORS = Registry("finetune.aggregator", {
 # the slice encoders (model.name): the ViTs by their timm architecture, the CNNs by their class
 VITS = Registry("model.name", {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
                                "vit_base": "vit_base_patch16_224"}, lazy=False)
-CNNS = Registry("model.name", {"mrnet_cnn": f"{_CLASSIFIER}:MRNetCNN"})
+CNNS = Registry("model.name", {"mrnet_cnn": f"{_CLASSIFIER}:MRNetCNN",
+                               "resnet18": "sbssl.models.resnet:ResNet18Encoder"})
 # a ViT's patch stem (model.stem): None keeps timm's linear patchify
 STEMS = Registry("model.stem", {"patch": None, "conv": "sbssl.models.vit:conv_stem"})
 # a ViT's slice feature (finetune.slice_feature) -> timm's global pool

@@ -1,5 +1,6 @@
 """GMML for convolutional encoders (beyond the paper): the same group masks and masked-L1 target as the ViT's
-stage 1, with the classifier's CNN as the encoder and a light convolutional decoder.
+stage 1, with the classifier's CNN (the MRNet-style CNN, or ResNet-18: models/resnet.py) as the encoder and a
+light convolutional decoder.
 
 A convolution, unlike a transformer, has no notion of "these positions are absent": what the masked pixels hold
 spreads through every kernel that overlaps them, and batch norm mixes them into its statistics. Two ways to feed
@@ -9,9 +10,10 @@ data and is the recipes' choice; why is not settled here):
 - `sparse` (SparK, Tian et al. ICLR 2023; ConvNeXt V2's FCMAE): the masked positions are dropped. The input is
   zeroed there and every convolution's output is zeroed again at the positions masked at its resolution, so a
   visible position only ever reads visible pixels (and zeros); batch norm takes its statistics over visible
-  positions only. The mask groups must be aligned with the encoder's output stride (`mask.align`), so that each
-  cell of every feature map is wholly visible or wholly masked. Before decoding, the masked cells of the deepest
-  map are filled with a learned mask embedding. The replacement type (noise, ...) is then never seen.
+  positions only (a residual block: both branches masked before they are summed). The mask groups must be aligned
+  with the encoder's output stride (`mask.align`), so that each cell of every feature map is wholly visible or
+  wholly masked. Before decoding, the masked cells of the deepest map are filled with a learned mask embedding.
+  The replacement type (noise, ...) is then never seen.
 - `dense`: the GMML-corrupted image (noise, zeros, ... in the groups) through plain convolutions, as the ViT sees
   it: simple, but the encoder learns on inputs that fine-tuning never shows it, and its batch-norm statistics are
   those of corrupted images (fine-tuning re-estimates them on clean slices: engine/finetune.py).
@@ -28,6 +30,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock
 
 SPARSE, DENSE = "sparse", "dense"
 CONV_MASKING = (SPARSE, DENSE)
@@ -75,17 +78,27 @@ def sparse_forward(features: nn.Sequential, x: torch.Tensor, keep: torch.Tensor)
     """SparK's masked convolution, simulated densely: zero the masked positions after every layer that could
     fill them (convolutions, batch norm's shift), batch norm over visible positions. Returns the deepest map and
     its visibility."""
-    x = x * keep
-    for layer in features:
-        if isinstance(layer, nn.BatchNorm2d):
-            x = masked_batch_norm(layer, x, keep)
-        elif isinstance(layer, (nn.Conv2d, nn.ReLU, nn.GELU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)):
-            x = layer(x)
-        else:
-            raise TypeError(f"sparse GMML: no masked version of {type(layer).__name__}")
-        keep = visible_at(keep, x.shape[-2:])
-        x = x * keep.to(x.dtype)
-    return x, keep
+    return _sparse(features, x * keep, keep)
+
+
+def _sparse(layer: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer (or a stack, or a residual block) of `sparse_forward`."""
+    if isinstance(layer, nn.Sequential):
+        for sub in layer:
+            x, keep = _sparse(sub, x, keep)
+        return x, keep
+    if isinstance(layer, BasicBlock):  # a ResNet block: both branches masked, summed, then the ReLU
+        out, k = _sparse(nn.Sequential(layer.conv1, layer.bn1, layer.relu, layer.conv2, layer.bn2), x, keep)
+        skip = _sparse(layer.downsample, x, keep)[0] if layer.downsample is not None else x
+        return F.relu(out + skip) * k.to(x.dtype), k
+    if isinstance(layer, nn.BatchNorm2d):
+        x = masked_batch_norm(layer, x, keep)
+    elif isinstance(layer, (nn.Conv2d, nn.ReLU, nn.GELU, nn.MaxPool2d, nn.AvgPool2d, nn.Identity)):
+        x = layer(x)
+    else:
+        raise TypeError(f"sparse GMML: no masked version of {type(layer).__name__}")
+    keep = visible_at(keep, x.shape[-2:])
+    return x * keep.to(x.dtype), keep
 
 
 class ConvDecoder(nn.Module):

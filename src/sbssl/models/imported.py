@@ -75,7 +75,7 @@ class ImportedWeights:
 
     def configure(self, cfg: DictConfig) -> DictConfig:
         """The user's config, checked against the file: an AlexNet for the CNN, a ViT for a patch-stem ViT."""
-        want = "alexnet" if cfg.model.name in CNNS else "vit"
+        want = {"mrnet_cnn": "alexnet"}.get(cfg.model.name, "none" if cfg.model.name in CNNS else "vit")
         if self.kind != want:
             raise SbsslError(f"{self.path}: {self.kind} weights cannot start model.name={cfg.model.name} "
                              f"(an AlexNet state dict starts mrnet_cnn, a timm ViT checkpoint the ViT of its size)")
