@@ -41,10 +41,11 @@ from sbssl.evaluation.report_files import load_metrics, read_predictions  # noqa
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 from sbssl.workflow import finetune  # noqa: E402
 
-ARMS = {"gmml": "GMML, fine-tuned", "probe": "GMML, linear probe", "mil": "GMML, frozen, token scoring",
-        "mil-random": "random, frozen, token scoring", "lpft": "GMML, token read-out fitted, then fine-tuned",
-        "scratch": "random init, max pooling", "scratch-token": "random init, token scoring",
-        "cnn": "CNN, random init (the demo's)"}
+ARMS = {"gmml": "ViT: GMML, fine-tuned", "probe": "ViT: GMML, linear probe",
+        "mil": "ViT: GMML, frozen, token scoring", "mil-random": "ViT: random, frozen, token scoring",
+        "lpft": "ViT: GMML, token read-out fitted, then fine-tuned (the demo's)",
+        "scratch": "ViT: random init, max pooling", "scratch-token": "ViT: random init, token scoring",
+        "cnn": "CNN: random init (the demo's)"}
 COLOURS = {"gmml": "tab:blue", "probe": "tab:green", "mil": "tab:purple", "mil-random": "tab:grey",
            "lpft": "tab:red", "scratch": "tab:orange", "scratch-token": "tab:brown",
            "cnn": "black"}
@@ -138,7 +139,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = sorted({p["labels"] for p in points})
     extra = sorted({p["arm"] for p in points} - set(ARMS))
-    labels = {**ARMS, **{a: f"CNN from the encoder '{a.removeprefix('gmml-cnn-')}'" for a in extra}}
+    labels = {**ARMS, **{a: f"CNN: from the encoder '{a.removeprefix('gmml-cnn-')}'" for a in extra}}
     colours = {**COLOURS, **dict(zip(extra, CNN_COLOURS, strict=False))}
     for arm, label in labels.items():
         if not any(p["arm"] == arm for p in points):
@@ -181,6 +182,7 @@ def main() -> None:
     ap.add_argument("--finetune", default="", help="extra fine-tuning overrides")
     ap.add_argument("--docs", default="", help="the curve's PNG (default: docs/NAME.png)")
     ap.add_argument("--name", default="label_efficiency", help="results/NAME.json")
+    ap.add_argument("--title", default="", help="the curve's title (default: the data it ran on)")
     a = ap.parse_args()
     work, t0 = Path(a.work), time.perf_counter()
     data = Path(a.data) if a.data else work / "data" / "MRNet-v1.0"
@@ -220,7 +222,7 @@ def main() -> None:
             diffs.append({"arm": f"{arm} - {base}", "labels": n_used, **d})
             print(f"n={n_used:4d} {arm} - {base}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
                   f" (per seed {', '.join(f'{v:+.3f}' for v in d['per_seed'])})", flush=True)
-    title = (f"ACL, sagittal, synthetic {a.size} px (difficulty {a.difficulty}), valid n={a.valid}, "
+    title = a.title or (f"ACL, sagittal, synthetic {a.size} px (difficulty {a.difficulty}), valid n={a.valid}, "
              f"{len(seeds)} subset seeds" if not a.data else f"ACL, sagittal: {data}")
     plot(points, Path(a.docs) if a.docs else HERE.parent / "docs" / f"{a.name}.png", title)
     out = {"data": str(data), "train_exams": n_all, "encoder": a.encoder, "steps": a.steps, "seeds": seeds,
