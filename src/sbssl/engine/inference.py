@@ -30,7 +30,7 @@ class Ensemble:
     models: list[SliceClassifier]
     seeds: list[int]
     pre: Preprocessing
-    init: str = "scratch"  # "gmml:<encoder path>" or "scratch"
+    init: str = "scratch"  # "<pretext>:<encoder path>" (gmml, jigsaw), "imported:<file>" or "scratch"
     root: str = ""  # the dataset it was trained on
     device: str = "cpu"
 
