@@ -136,7 +136,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     ns = sorted({p["labels"] for p in points})
     extra = sorted({p["arm"] for p in points} - set(ARMS))
     labels = {**ARMS, **{a: f"CNN: from the encoder '{a.removeprefix('gmml-cnn-')}'" for a in extra}}
@@ -158,7 +158,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("valid AUC (mean; band: min-max over subset seeds)")
     ax.set_ylim(0.3, 1.0)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the curves, never over them
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path, dpi=110)
