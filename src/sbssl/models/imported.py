@@ -74,7 +74,8 @@ class ImportedWeights:
     tag = "imported"  # run.json's init: "imported:<path>"
 
     def configure(self, cfg: DictConfig) -> DictConfig:
-        """The user's config, checked against the file: an AlexNet for the CNN, a ViT for a patch-stem ViT."""
+        """The user's config, checked against the file: an AlexNet for the MRNet-style CNN (no file starts
+        ResNet-18), a ViT for a patch-stem ViT."""
         want = {"mrnet_cnn": "alexnet"}.get(cfg.model.name, "none" if cfg.model.name in CNNS else "vit")
         if self.kind != want:
             raise SbsslError(f"{self.path}: {self.kind} weights cannot start model.name={cfg.model.name} "

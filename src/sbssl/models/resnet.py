@@ -5,8 +5,8 @@ It keeps the MRNet-style CNN's contract (models/slice_classifier.py): `features`
 its deepest map (what GMML masks and decodes and Grad-CAM reads), global max pooling to `embed_dim` = 512. The
 stem shrinks with the image as that CNN's first layer does: ImageNet's 7x7/2 convolution and max pool from 128 px
 up (output stride 32), a 3x3/1 convolution and max pool from 64 (16), the 3x3/1 convolution alone below (8, the
-CIFAR stem), so that a 32 px region of interest still leaves a 4x4 map. Random init: weights from a file are
-`init=` (no download).
+CIFAR stem), so that a 32 px region of interest still leaves a 4x4 map. Built at random init; pretrained weights
+come from a GMML or jigsaw encoder file (`init=`), never from a download.
 """
 
 from __future__ import annotations
