@@ -145,7 +145,7 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
     steps: list[Step] = []
 
     def pretrain(name: str, cfg: str, over: list[str], epochs: int | None, kind: str = "pretrain") -> Path:
-        """epochs None: the recipe's own."""
+        """The pretraining step's encoder file; epochs None: the recipe's own."""
         from sbssl.config import load_config
 
         run = out / "pretrain" / name
@@ -153,7 +153,7 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
         secs = n * sz.train * sz.slices / rate[kind] * (1 if cpu or kind != "pretrain" else _vit_cost(cfg))
         steps.append(Step(f"pretrain {name}", "pretrain", run, cfg,
                           [*([f"train.epochs={epochs}"] if epochs is not None else []), *over, *extra], [], secs))
-        return run
+        return run / ENCODER
 
     def finetune(name: str, cfg: str, over: list[str], kind: str = "vit", n_members: int = members) -> Path:
         run = out / name
@@ -171,30 +171,28 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
         from sbssl.demo import ARMS
 
         finetune("table1/vit-scratch-token", "finetune/demo", ARMS["scratch"])
-        enc = "builtin:cpu" if shipped_encoder else str(
-            pretrain("sagittal-vit_tiny", pre_cfg, ["data.plane=sagittal"], None) / ENCODER)
+        enc = "builtin:cpu" if shipped_encoder else pretrain("sagittal-vit_tiny", pre_cfg, ["data.plane=sagittal"],
+                                                             None)
         finetune("table1/sbssl-vit_tiny", "finetune/demo", [f"init={enc}"])
     else:
         for vit in ["vit_tiny", "vit_small", "vit_base"]:
             enc = pretrain(f"sagittal-{vit}", f"pretrain/{vit}", ["data.plane=sagittal"], pre_epochs)
-            finetune(f"table1/sbssl-{vit}", f"finetune/{vit}", [f"init={enc}/encoder.safetensors"])
+            finetune(f"table1/sbssl-{vit}", f"finetune/{vit}", [f"init={enc}"])
     # GMML for the CNN (its recipe's epochs), then the CNN's fine-tuning recipe from it
     enc = pretrain("sagittal-gmml_cnn", "pretrain/gmml_cnn_cpu" if cpu else "pretrain/gmml_cnn",
                    ["data.plane=sagittal"], None, "pretrain_cnn")
     like_grid = ["finetune.select=auc"] if cpu else []  # chosen as the grid's CNN it is paired with
-    finetune("table1/gmml-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}/encoder.safetensors"], "cnn",
-             1 if cpu else members)
+    finetune("table1/gmml-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}"], "cnn")
     # Reference [20]: jigsaw pretraining of the CNN, plain and with noise on its tiles, then the CNN's recipe
     for name, over in (("jigsaw", []), ("jigsaw-noise", ["jigsaw.noise=0.5"])):
         enc = pretrain(f"sagittal-{name}", "pretrain/jigsaw_cpu" if cpu else "pretrain/jigsaw",
                        ["data.plane=sagittal", *over], None, "pretrain_cnn")
-        finetune(f"table1/{name}-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}/encoder.safetensors"], "cnn",
-                 1 if cpu else members)
+        finetune(f"table1/{name}-cnn", ft_cfg, [*cnn, *like_grid, f"init={enc}"], "cnn")
     # ImageNet transfer from local files (models/imported.py): AlexNet needs >= 128 px
     for row, path in imagenet_files(imagenet, scale).items():
         over = ([*cnn, *like_grid, "data.img_size=128"] if cpu else cnn) if row == "alexnet" else ["init=scratch"]
         finetune(f"table1/imagenet-{row}", ft_cfg if cpu or row == "alexnet" else f"finetune/{row}",
-                 [*over, f"init={path}"], "cnn" if row == "alexnet" else "vit", 1 if cpu else members)
+                 [*over, f"init={path}"], "cnn" if row == "alexnet" else "vit")
     # Ablations of the pretraining, on the recipe's ViT: half the epochs; the other corruption (the CPU recipe
     # corrupts with noise, the paper's with zeros). Paper scale: against Table 1's SB-SSL ViT-S; cpu scale:
     # short runs against their own reference (`base`, the recipe's corruption for pre_epochs).
@@ -204,7 +202,7 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
                                (f"epochs{pre_epochs // 2}", [], pre_epochs // 2),
                                (other, [f"mask.type={other}"], pre_epochs)]:
         enc = pretrain(f"sagittal-{enc_name}-{name}", pre_cfg, ["data.plane=sagittal", *over], epochs)
-        finetune(f"ablations/{name}", ft_cfg, [f"init={enc}/encoder.safetensors"])
+        finetune(f"ablations/{name}", ft_cfg, [f"init={enc}"])
     # The grid: every task on every plane, then fusion per task. Paper scale: one GMML encoder per plane
     # (sagittal's is Table 1's), as the paper pretrains on the plane it classifies.
     if not cpu:
