@@ -142,7 +142,9 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
     pretext: str = "gmml"  # stage 1's task: gmml (the paper's) | jigsaw (reference [20], a CNN encoder)
-    init: str = "scratch"  # scratch | path to a GMML encoder.safetensors (or its run folder)
+    init: str = "scratch"  # scratch | builtin:cpu | a GMML encoder.safetensors (or its run folder) | ImageNet weights
+    # | auto (fine-tuning: builtin:cpu on the demo's synthetic sets, else that encoder adapted to the folder first,
+    # workflow.auto_init); in pretraining, an encoder to continue from (pretrain/adapt)
 
 
 def choices() -> dict[str, tuple[str, ...]]:

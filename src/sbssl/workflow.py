@@ -4,24 +4,35 @@ once (evaluation). Kept above both, so that the engine never reaches up into eva
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sbssl.data.layout import ALL_PLANES
+from sbssl.config import load_config
+from sbssl.data.layout import ALL_PLANES, synth_family
 from sbssl.engine.finetune import train_ensemble
 from sbssl.engine.inference import load_ensemble, score_split
+from sbssl.engine.pretrain import pretrain, pretraining_estimate
 from sbssl.engine.runtime import run_in_folder
 from sbssl.errors import SbsslError
 from sbssl.evaluation.report_files import write_evaluation
-from sbssl.utils.rundir import METRICS
+from sbssl.utils.rundir import ENCODER, METRICS, prepare_out
+
+log = logging.getLogger("sbssl")
+AUTO = "auto"  # init=auto: the encoder that suits the data (auto_init)
+ADAPT = "adapt"  # the run folder's sub-folder where init=auto adapts the shipped encoder
 
 
 def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
     """`sbssl finetune`: train the ensemble into `out`, then score the valid split once (predictions.csv,
-    metrics.json, roc.png). metrics.json is the run's finished marker: a folder without it resumes."""
+    metrics.json, roc.png). metrics.json is the run's finished marker: a folder without it resumes.
+    With init=auto the encoder is chosen (and, on a new kind of data, adapted) first: `auto_init`."""
     if cfg.data.plane == ALL_PLANES:
         raise SbsslError("data.plane=all is for pretraining; a classifier reads one plane (fuse the three after)")
+    if str(cfg.init) == AUTO:
+        cfg, overwrite = auto_init(cfg, Path(root), Path(out), overwrite), False  # the folder is readied there
 
     def run(fabric, folder: Path) -> Path:
         train_ensemble(cfg, fabric, Path(root), folder)
@@ -32,3 +43,35 @@ def finetune(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, re
         return folder
 
     return run_in_folder(cfg.trainer, out, overwrite, resume, METRICS, run)
+
+
+def auto_init(cfg: DictConfig, root: Path, out: Path, overwrite: bool) -> DictConfig:
+    """init=auto -> a copy of `cfg` starting from the encoder that suits `root`: the shipped one on the demo
+    generator's sets (it was pretrained on 1,130 other knees of that kind); on any other folder the shipped encoder
+    adapted first to the folder's own train slices (`sbssl pretrain --config pretrain/adapt`, no labels, into
+    OUT/adapt; a finished adaptation is reused, an interrupted one resumes). The shipped encoder alone does not
+    transfer to other knees (docs/results.md, "Transfer")."""
+    if synth_family(root) == "demo":
+        return with_init(cfg, "builtin:cpu")
+    prepare_out(out, overwrite, METRICS)  # a finished run is refused now, not after minutes of pretraining
+    encoder = out / ADAPT / ENCODER
+    if not encoder.exists():
+        pcfg = adapt_config(cfg)
+        log.info("init=auto: %s is not the demo's synthetic set, so the shipped encoder first continues GMML on its "
+                 "train slices: %s", root, pretraining_estimate(pcfg, root))
+        pretrain(pcfg, root, out / ADAPT)
+    return with_init(cfg, str(encoder))
+
+
+def adapt_config(cfg: DictConfig) -> DictConfig:
+    """pretrain/adapt for the plane, region and devices the fine-tuning config asks for."""
+    pcfg = load_config("pretrain/adapt", [f"data.plane={cfg.data.plane}", f"data.roi={cfg.data.roi}",
+                                          f"data.workers={cfg.data.workers}", f"train.seed={cfg.train.seed}"])
+    pcfg.trainer = copy.deepcopy(cfg.trainer)
+    return pcfg
+
+
+def with_init(cfg: DictConfig, init: str) -> DictConfig:
+    out = copy.deepcopy(cfg)
+    out.init = init
+    return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_classifier
-from sbssl.models.encoder_file import PretrainedEncoder, encoder_init
+from sbssl.models.encoder_file import PretrainedEncoder, encoder_init, init_preprocessing
 from sbssl.models.imported import ImportedWeights
 from sbssl.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import CHECKPOINTS, CONFIG, RUN, SPLIT, model_file
@@ -55,11 +55,10 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         cfg = init.configure(asked)
         if rank0 and str(cfg.init).startswith("builtin:") and synth_family(root) != "demo":
             log.warning("%s: the shipped encoder was pretrained on the demo's synthetic knees and barely transfers "
-                        "to data of another kind (benchmarks/transfer.py); pretrain on this folder's own slices "
-                        "first: sbssl pretrain --config pretrain/cpu --data %s --out DIR, then init=DIR", root, root)
+                        "to data of another kind (benchmarks/transfer.py); init=auto adapts it to this folder's "
+                        "own slices first", root)
     cache, records = slice_cache_for(cfg, root, "train", fabric)
-    pre = (replace(init.preprocessing, roi=str(cfg.data.roi)) if init is not None and init.preprocessing
-           else Preprocessing.from_config(cfg, cache.mean, cache.std))  # random init or ImageNet: this set's
+    pre = init_preprocessing(init, cfg, cache.mean, cache.std)
     labels = np.array([r.label for r in records])
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")

@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 from sbssl.config import to_yaml
 from sbssl.data.cache import pooled_statistics, slice_cache_for
 from sbssl.data.datasets import SliceDataset, loader
-from sbssl.data.layout import ALL_PLANES, PLANES, is_mrnet, resolve_root
-from sbssl.data.preprocessing import Preprocessing
+from sbssl.data.layout import ALL_PLANES, PLANES, is_mrnet, list_exams, resolve_root
+from sbssl.data.volume_io import load_npy
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.run_log import RunLog
@@ -32,7 +32,7 @@ from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import GMMLTask, JigsawTask
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_pretext
-from sbssl.models.encoder_file import save_encoder
+from sbssl.models.encoder_file import encoder_init, init_preprocessing, save_encoder
 from sbssl.models.gmml import GMMLAutoencoder
 from sbssl.models.gmml_cnn import GMMLConvAutoencoder
 from sbssl.utils.draw import Draw
@@ -41,6 +41,7 @@ from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG, RUN
 
 log = logging.getLogger("sbssl")
 FINISHED = ENCODER
+CPU_SLICES_PER_S = 55.0  # GMML ViT-T, 32 px, 2-core EPYC with bf16 (reproduce.RATES["cpu"]["pretrain"])
 
 
 def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
@@ -64,6 +65,19 @@ class _Run:
     @property
     def global_batch(self) -> int:
         return self.cfg.train.batch_size * self.trainer.fabric.world_size
+
+
+def pretraining_estimate(cfg: DictConfig, root: Path) -> str:
+    """What a pretraining run on `root` costs, said before it starts: its train slices, epochs, and minutes at
+    the GMML ViT-T rate of a 2-core CPU at 32 px (reproduce.RATES; a GPU is 50-100x faster). Volumes other
+    than .npy are not opened for this: they count as 30 slices."""
+    records = list_exams(root, "train", cfg.data.plane if cfg.data.plane != ALL_PLANES else "sagittal",
+                         cfg.data.task, labelled=False)
+    depth = [load_npy(r.path, mmap=True).shape[0] if r.path.suffix.lower() == ".npy" else 30 for r in records]
+    slices = int(sum(depth) * float(cfg.data.slab))
+    minutes = slices * int(cfg.train.epochs) / CPU_SLICES_PER_S / 60
+    return (f"{slices} slices x {cfg.train.epochs} epochs, about {minutes:.0f} min on a 2-core CPU "
+            f"({CPU_SLICES_PER_S:.0f} slices/s; a GPU is 50-100x faster)")
 
 
 def pretext_name(cfg: DictConfig) -> str:
@@ -90,9 +104,12 @@ def plane_caches(cfg: DictConfig, root: Path, fabric) -> list:
 def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     rank0 = fabric.global_rank == 0
     seed_everything(cfg.train.seed + fabric.global_rank, cfg.train.deterministic)
+    init = encoder_init(str(cfg.init))  # continued pretraining: the encoder's architecture, record and weights
+    if init is not None:
+        cfg = init.configure(cfg)
     caches = plane_caches(cfg, root, fabric)
     cache = caches[0]
-    pre = Preprocessing.from_config(cfg, *pooled_statistics(caches))
+    pre = init_preprocessing(init, cfg, *pooled_statistics(caches))
     dataset = SliceDataset(caches)
     global_batch = cfg.train.batch_size * fabric.world_size
     steps_per_epoch = len(dataset) // global_batch
@@ -100,6 +117,8 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         raise SbsslError(f"{root}: {len(dataset)} slices are fewer than one global batch ({global_batch})")
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = build_pretext(cfg)
+    if init is not None:  # the decoder (or puzzle head) starts fresh
+        init.load_into(model.encoder)
     align = getattr(model, "required_align", 1)
     if cfg.mask.align % align:
         raise SbsslError(f"mask.align={cfg.mask.align}: GMML with model.conv_masking=sparse needs mask groups aligned "
@@ -120,7 +139,8 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     runlog = RunLog(out, "pretrain", cfg.trainer.loggers, rank0, trainer.step if start_epoch else None)
     if start_epoch == 0 and rank0:
         atomic_write_text(out / CONFIG, to_yaml(cfg))
-        atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict()})
+        atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
+                                      "init": f"{init.tag}:{init.path}" if init is not None else "scratch"})
     if (out / FINISHED).exists():
         _extend(run, start_epoch)
     # the middle slice of six exams spread over the set: the same images in every grid

@@ -6,7 +6,7 @@ by fine-tuning as `init=RUN|PATH|builtin:NAME`.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -116,6 +116,16 @@ class PretrainedEncoder:
         except RuntimeError as e:
             raise SbsslError(f"{self.path}: weights do not fit the encoder ({str(e).splitlines()[0][:100]})") from None
         return encoder
+
+
+def init_preprocessing(init: PretrainedEncoder | ImportedWeights | None, cfg: DictConfig, mean: float,
+                       std: float) -> Preprocessing:
+    """The record a run starting from `init` prepares its inputs with: a GMML encoder's own (the scale and
+    intensity statistics its weights learnt; the region mode stays the config's), else the config's sizes with
+    this set's statistics (random init, ImageNet weights)."""
+    if init is not None and init.preprocessing is not None:
+        return replace(init.preprocessing, roi=str(cfg.data.roi))
+    return Preprocessing.from_config(cfg, mean, std)
 
 
 def with_architecture(cfg: DictConfig, arch: dict) -> DictConfig:

@@ -1,0 +1,72 @@
+"""Continued (domain-adaptive) pretraining from an encoder, and fine-tuning's init=auto, which adapts the shipped
+encoder to a folder of another kind before it fine-tunes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sbssl.config import load_config
+from sbssl.engine.pretrain import pretrain
+from sbssl.errors import SbsslError
+from sbssl.synth import SynthSpec, generate
+from sbssl.weights import builtin_path
+from sbssl.workflow import auto_init, finetune
+
+from .conftest import FT
+
+
+def test_continued_pretraining_starts_from_the_encoder_and_keeps_its_record(gmml_run: Path, tiny_set: Path,
+                                                                           tmp_path: Path):
+    # asked for another depth, patch and size: the encoder's architecture wins, as in fine-tuning
+    over = ["model.depth=2", "model.patch_size=4", "data.img_size=16", "trainer.accelerator=cpu", "train.epochs=1",
+            "train.batch_size=32", "train.recon_every=0", "train.warmup_epochs=0", "train.max_steps=2"]
+    start = load_file(gmml_run / "encoder.safetensors")
+    still = pretrain(load_config(None, [*over, f"init={gmml_run}", "train.lr=1e-12"]), tiny_set, tmp_path / "a")
+    moved = pretrain(load_config(None, [*over, f"init={gmml_run}", "train.lr=5e-2"]), tiny_set, tmp_path / "b")
+    a, b = load_file(still), load_file(moved)
+    assert a.keys() == start.keys()  # 4 blocks, patch 8, 32 px: the encoder's
+    assert all(torch.allclose(a[k], start[k], atol=1e-5) for k in start)  # loaded, then barely moved (the lr floor)
+    assert any(not torch.allclose(b[k], start[k], atol=1e-3) for k in start)  # and they do train
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["init"] == f"gmml:{gmml_run / 'encoder.safetensors'}"
+    record = json.loads((gmml_run / "run.json").read_text())["preprocessing"]
+    assert run["preprocessing"] == record  # the encoder's intensity statistics, not this run's own
+
+
+def test_auto_init_takes_the_shipped_encoder_on_the_demo_generators_data(tiny_set: Path, tmp_path: Path):
+    cfg = load_config("finetune/demo", ["init=auto"])
+    got = auto_init(cfg, tiny_set, tmp_path / "run", overwrite=False)
+    assert got.init == "builtin:cpu" and cfg.init == "auto"  # a copy: the asked config is left as it was
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_auto_init_adapts_the_shipped_encoder_to_another_family_first(tmp_path: Path, caplog):
+    root = tmp_path / "clinic" / "MRNet-v1.0"
+    generate(root, SynthSpec(train=8, valid=6, size=48, seed=1, prevalence=0.5, family="clinic", workers=2))
+    out = tmp_path / "run"
+    small = [*FT, "init=auto", "finetune.ensemble=1", "train.epochs=1", "finetune.probe_steps=5",
+             "finetune.select=last", "trainer.accelerator=cpu"]
+    with caplog.at_level(logging.INFO, logger="sbssl"):
+        finetune(load_config("finetune/demo", small), root, out)
+    adapted = out / "adapt" / "encoder.safetensors"
+    assert "slices x 8 epochs, about" in caplog.text  # the cost is said before it starts
+    pre = json.loads((out / "adapt" / "run.json").read_text())
+    assert pre["init"] == f"gmml:{builtin_path('cpu')}" and pre["preprocessing"]["roi"] == "knee"
+    assert json.loads((out / "run.json").read_text())["init"] == f"gmml:{adapted}"
+    shipped, mine = load_file(builtin_path("cpu")), load_file(adapted)
+    assert mine.keys() == shipped.keys()
+    assert any(not torch.allclose(mine[k], shipped[k].float(), atol=1e-3) for k in shipped
+               if shipped[k].is_floating_point())
+    assert (out / "metrics.json").is_file()
+    # a finished run is refused at once, before any pretraining, and its adapted encoder is left as it was
+    stamp = adapted.stat().st_mtime_ns
+    with pytest.raises(SbsslError, match="--overwrite"):
+        finetune(load_config("finetune/demo", small), root, out)
+    assert adapted.stat().st_mtime_ns == stamp
