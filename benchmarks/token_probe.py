@@ -1,7 +1,7 @@
 """Where the GMML features hold the tear: read-outs of a *frozen* encoder's tokens, pretrained vs random.
 
     python benchmarks/token_probe.py --data ROOT [--encoder builtin:cpu] [--labels 100,200,0] [--seeds 0,1,2]
-                                     [--plane sagittal] [--no-random] [--name token_probe]
+                                     [--plane sagittal] [--no-random] [--roi knee] [--name token_probe]
 
 Every exam's slices (the encoder's region of interest, 8 evenly spaced) go once through the frozen encoder; then
 two read-outs are fitted on n labelled train exams (stratified, nested subsets as in label_efficiency.py) and
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +103,15 @@ def main() -> None:
     ap.add_argument("--no-random", action="store_true", help="skip the random-weights control")
     ap.add_argument("--features", default="final", choices=("final", "skip"),
                     help="final block's tokens, or the mean of the GMML skip blocks (the decoder's input)")
+    ap.add_argument("--roi", help="the region of interest (data.roi: center, knee); default: the encoder's record")
     ap.add_argument("--name", default="token_probe", help="results/NAME.json")
     a = ap.parse_args()
     t0, root = time.perf_counter(), Path(a.data)
     cfg = load_config("finetune/cpu", ["data.task=acl", f"data.plane={a.plane}"])
     init = encoder_init(a.encoder)
-    cfg, pre = init.configure(cfg), init.preprocessing
+    pre = replace(init.preprocessing, roi=a.roi) if a.roi else init.preprocessing
+    cfg = init.configure(cfg)
+    cfg.data.roi = pre.roi
     rows = []
     for weights in ("gmml",) if a.no_random else ("gmml", "random"):
         torch.manual_seed(0)
