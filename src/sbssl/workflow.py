@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -18,7 +19,7 @@ from sbssl.engine.pretrain import pretrain, pretraining_estimate
 from sbssl.engine.runtime import run_in_folder
 from sbssl.errors import SbsslError
 from sbssl.evaluation.report_files import write_evaluation
-from sbssl.utils.rundir import ENCODER, METRICS, prepare_out
+from sbssl.utils.rundir import ENCODER, METRICS, prepare_run
 
 log = logging.getLogger("sbssl")
 AUTO = "auto"  # init=auto: the encoder that suits the data (auto_init)
@@ -53,7 +54,8 @@ def auto_init(cfg: DictConfig, root: Path, out: Path, overwrite: bool) -> DictCo
     transfer to other knees (docs/results.md, "Transfer")."""
     if synth_family(root) == "demo":
         return with_init(cfg, "builtin:cpu")
-    prepare_out(out, overwrite, METRICS)  # a finished run is refused now, not after minutes of pretraining
+    if int(os.environ.get("RANK", "0")) == 0:  # before any process group: one process readies the folder
+        prepare_run(out, overwrite, False, METRICS)  # a finished run is refused now, not after the pretraining
     encoder = out / ADAPT / ENCODER
     if not encoder.exists():
         pcfg = adapt_config(cfg)
