@@ -27,7 +27,7 @@ from sbssl.data.volume_io import load_npy
 from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.run_log import RunLog
-from sbssl.engine.runtime import run_in_folder, seed_everything
+from sbssl.engine.runtime import cpu_has_bf16, run_in_folder, seed_everything
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import GMMLTask, JigsawTask
 from sbssl.errors import SbsslError
@@ -41,7 +41,8 @@ from sbssl.utils.rundir import CHECKPOINTS, CONFIG, ENCODER, LOG, RUN
 
 log = logging.getLogger("sbssl")
 FINISHED = ENCODER
-CPU_SLICES_PER_S = 55.0  # GMML ViT-T, 32 px, 2-core EPYC with bf16 (reproduce.RATES["cpu"]["pretrain"])
+# GMML ViT-T at 32 px on a 2-core EPYC: with AVX512-BF16 (reproduce.RATES["cpu"]["pretrain"]), and without
+CPU_SLICES_PER_S = {"bf16": 55.0, "fp32": 20.0}
 
 
 def pretrain(cfg: DictConfig, root: Path, out: Path, overwrite: bool = False, resume: bool = False) -> Path:
@@ -69,15 +70,16 @@ class _Run:
 
 def pretraining_estimate(cfg: DictConfig, root: Path) -> str:
     """What a pretraining run on `root` costs, said before it starts: its train slices, epochs, and minutes at
-    the GMML ViT-T rate of a 2-core CPU at 32 px (reproduce.RATES; a GPU is 50-100x faster). Volumes other
+    the GMML ViT-T rate of a 2-core CPU at 32 px, with or without fast bf16. Volumes other
     than .npy are not opened for this: they count as 30 slices."""
     records = list_exams(root, "train", cfg.data.plane if cfg.data.plane != ALL_PLANES else "sagittal",
                          cfg.data.task, labelled=False)
     depth = [load_npy(r.path, mmap=True).shape[0] if r.path.suffix.lower() == ".npy" else 30 for r in records]
     slices = int(sum(depth) * float(cfg.data.slab))
-    minutes = slices * int(cfg.train.epochs) / CPU_SLICES_PER_S / 60
+    kind = "bf16" if cpu_has_bf16() else "fp32"
+    minutes = slices * int(cfg.train.epochs) / CPU_SLICES_PER_S[kind] / 60
     return (f"{slices} slices x {cfg.train.epochs} epochs, about {minutes:.0f} min on a 2-core CPU "
-            f"({CPU_SLICES_PER_S:.0f} slices/s; a GPU is 50-100x faster)")
+            f"({kind}: {CPU_SLICES_PER_S[kind]:.0f} slices/s; a GPU is 50-100x faster)")
 
 
 def pretext_name(cfg: DictConfig) -> str:
