@@ -4,12 +4,14 @@ For each target (a synthetic family generated here, or any dataset root), the de
 with a new folder runs them (`sbssl finetune --config finetune/demo --data TARGET ...` with the demo's
 overrides, demo.ARMS): GMML from the shipped encoder, the same ViT from random init, the MRNet-style CNN from
 random init; plus `own`: `sbssl pretrain --config pretrain/cpu` on the target's own train slices (the paper's
-setting), then the demo's GMML recipe from that encoder; `adapt`: the demo's recipe with init=auto (the shipped
-encoder continues GMML on the target's train slices for pretrain/adapt's 8 epochs first). Each arm is scored
+setting), then the demo's GMML recipe from that encoder; `auto`: the demo's recipe with init=auto, as a user runs
+it (on a target other than the demo generator's, `own` with the pretraining cropped about the knee as the
+classifier is; results named `adapt` came from an earlier init=auto that continued the shipped encoder's GMML on
+the target for 8 epochs at lr 1e-3 instead). Each arm is scored
 once on the target's valid split; paired differences (stratified bootstrap on the same exams) against random
 init and against the CNN.
 
-    python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own,adapt]
+    python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own,auto]
                                   [--train 400 --valid 120 --size 256] [--pretrain train.epochs=24]
                                   [--set data.roi=knee] [--encoder varied=ENCODER.safetensors ...]
 
@@ -40,9 +42,9 @@ from sbssl.synth import SynthSpec, generate  # noqa: E402
 from sbssl.utils.rundir import ENCODER, METRICS  # noqa: E402
 from sbssl.workflow import finetune  # noqa: E402
 
-PAIRS = (("gmml", "scratch"), ("own", "scratch"), ("adapt", "scratch"), ("gmml", "cnn"), ("own", "cnn"),
-         ("adapt", "cnn"), ("own", "gmml"), ("adapt", "gmml"), ("adapt", "own"))
-ADAPT = ["init=auto"]  # the demo's recipe after the shipped encoder continued GMML on the target (pretrain/adapt)
+PAIRS = (("gmml", "scratch"), ("own", "scratch"), ("auto", "scratch"), ("gmml", "cnn"), ("own", "cnn"),
+         ("auto", "cnn"), ("own", "gmml"), ("auto", "gmml"), ("auto", "own"))
+AUTO = ["init=auto"]  # the demo's recipe from the encoder init=auto picks (workflow.auto_init)
 
 
 def target_root(work: Path, family: str, a: argparse.Namespace) -> Path:
@@ -59,7 +61,7 @@ def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_arg
     runs, encoders = {}, encoders or {}
     for arm in [*arms, *encoders]:
         extra = ([f"init={encoders[arm]}"] if arm in encoders else list(ARMS[arm]) if arm in ARMS
-                 else ADAPT if arm == "adapt" else [])
+                 else AUTO if arm == "auto" else [])
         if arm == "own":
             pre = work / "pretrain-own"
             if not (pre / ENCODER).exists():
@@ -94,10 +96,10 @@ def main() -> None:
     ap.add_argument("--out-json", help="write the result here instead of results/transfer.json and RESULTS.md")
     a = ap.parse_args()
     work, arms = Path(a.work), [x for x in a.arms.split(",") if x]
-    unknown = [x for x in arms if x not in (*ARMS, "own", "adapt")]
+    unknown = [x for x in arms if x not in (*ARMS, "own", "auto")]
     encoders = dict(e.split("=", 1) for e in a.encoder)
     if unknown or any(not v for v in encoders.values()):
-        ap.error(f"unknown arms {unknown} (known: {', '.join([*ARMS, 'own', 'adapt'])}); --encoder takes NAME=PATH")
+        ap.error(f"unknown arms {unknown} (known: {', '.join([*ARMS, 'own', 'auto'])}); --encoder takes NAME=PATH")
     pairs = [*PAIRS, *((e, other) for e in encoders for other in ("scratch", "cnn", "gmml"))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
     result, summary = {}, []

@@ -1,5 +1,5 @@
-"""Continued (domain-adaptive) pretraining from an encoder, and fine-tuning's init=auto, which adapts the shipped
-encoder to a folder of another kind before it fine-tunes."""
+"""Continued pretraining from an encoder, and fine-tuning's init=auto, which pretrains on a folder of another kind
+before it fine-tunes."""
 
 from __future__ import annotations
 
@@ -49,27 +49,27 @@ def test_auto_init_takes_the_shipped_encoder_on_the_demo_generators_data(tiny_se
 
 
 @pytest.mark.slow
-def test_auto_init_adapts_the_shipped_encoder_to_another_family_first(tmp_path: Path, caplog, monkeypatch):
+def test_auto_init_pretrains_on_another_familys_own_slices_first(tmp_path: Path, caplog, monkeypatch):
     root = tmp_path / "clinic" / "MRNet-v1.0"
     generate(root, SynthSpec(train=8, valid=6, size=48, seed=1, prevalence=0.5, family="clinic", workers=2))
     out = tmp_path / "run"
-    recipe = workflow.adapt_config  # the real recipe, its run cut to two steps (the estimate still says 8 epochs)
-    monkeypatch.setattr(workflow, "adapt_config", lambda cfg: OmegaConf.merge(recipe(cfg), {"train": {"max_steps": 2}}))
+    recipe = workflow.own_pretraining_config  # the real recipe, cut to two steps (the estimate still says 24 epochs)
+    monkeypatch.setattr(workflow, "own_pretraining_config",
+                        lambda cfg: OmegaConf.merge(recipe(cfg), {"train": {"max_steps": 2}}))
     small = [*FT, "init=auto", "finetune.ensemble=1", "train.epochs=1", "finetune.probe_steps=5",
              "finetune.select=last", "trainer.accelerator=cpu"]
     with caplog.at_level(logging.INFO, logger="sbssl"):
         finetune(load_config("finetune/demo", small), root, out)
-    adapted = out / "adapt" / "encoder.safetensors"
-    assert "slices x 8 epochs, about" in caplog.text  # the cost is said before it starts
-    pre = json.loads((out / "adapt" / "run.json").read_text())
-    assert pre["init"] == f"gmml:{builtin_path('cpu')}" and pre["preprocessing"]["roi"] == "knee"
-    assert json.loads((out / "run.json").read_text())["init"] == f"gmml:{adapted}"
-    shipped, mine = load_file(builtin_path("cpu")), load_file(adapted)
-    assert mine.keys() == shipped.keys()
-    assert any(not torch.equal(mine[k], shipped[k].float()) for k in shipped if shipped[k].is_floating_point())
+    own = out / "pretrain" / "encoder.safetensors"
+    assert "slices x 24 epochs, about" in caplog.text  # the cost is said before it starts
+    pre = json.loads((out / "pretrain" / "run.json").read_text())
+    assert pre["init"] == "scratch" and pre["preprocessing"]["roi"] == "knee"  # the crops it will classify
+    assert json.loads((out / "run.json").read_text())["init"] == f"gmml:{own}"
+    shipped, mine = load_file(builtin_path("cpu")), load_file(own)
+    assert mine.keys() == shipped.keys()  # the shipped encoder's architecture (pretrain/cpu's)
     assert (out / "metrics.json").is_file()
-    # a finished run is refused at once, before any pretraining, and its adapted encoder is left as it was
-    stamp = adapted.stat().st_mtime_ns
+    # a finished run is refused at once, before any pretraining, and its encoder is left as it was
+    stamp = own.stat().st_mtime_ns
     with pytest.raises(SbsslError, match="--overwrite"):
         finetune(load_config("finetune/demo", small), root, out)
-    assert adapted.stat().st_mtime_ns == stamp
+    assert own.stat().st_mtime_ns == stamp

@@ -143,8 +143,8 @@ class Config:
     jigsaw: JigsawConfig = field(default_factory=JigsawConfig)
     pretext: str = "gmml"  # stage 1's task: gmml (the paper's) | jigsaw (reference [20], a CNN encoder)
     init: str = "scratch"  # scratch | builtin:cpu | a GMML encoder.safetensors (or its run folder) | ImageNet weights
-    # | auto (fine-tuning: builtin:cpu on the demo's synthetic sets, else that encoder adapted to the folder first,
-    # workflow.auto_init); in pretraining, an encoder to continue from (pretrain/adapt)
+    # | auto (fine-tuning: builtin:cpu on the demo's synthetic sets, else GMML pretrained on the folder's own train
+    # slices first, workflow.auto_init); in pretraining, an encoder to continue from
 
 
 def choices() -> dict[str, tuple[str, ...]]:

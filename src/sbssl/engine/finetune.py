@@ -55,8 +55,8 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         cfg = init.configure(asked)
         if rank0 and str(cfg.init).startswith("builtin:") and synth_family(root) != "demo":
             log.warning("%s: the shipped encoder was pretrained on the demo's synthetic knees and barely transfers "
-                        "to data of another kind (benchmarks/transfer.py); init=auto adapts it to this folder's "
-                        "own slices first", root)
+                        "to data of another kind (benchmarks/transfer.py); init=auto pretrains on this folder's "
+                        "own slices first, as the paper does", root)
     cache, records = slice_cache_for(cfg, root, "train", fabric)
     pre = init_preprocessing(init, cfg, cache.mean, cache.std)
     labels = np.array([r.label for r in records])
