@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import sbssl
+from sbssl.engine.runtime import inference_bf16
 from sbssl.errors import SbsslError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -64,10 +65,14 @@ def test_load_model_scores_as_predict_and_evaluate_do(ft_run: Path, tiny_set: Pa
     model = sbssl.load_model(ft_run)
     batched = model.predict(files)  # the three exams through the members together
     singles = [model.predict(np.load(f)) for f in files]
-    np.testing.assert_allclose(batched, [cli[f.stem] for f in files], atol=1e-6)
-    np.testing.assert_allclose(singles, batched, atol=1e-6)
+    # scoring runs in bf16 where the CPU has fast bf16 (AMX): its kernels block three exams differently from one,
+    # which moves a probability in the 4th digit; in fp32 one exam alone and in a batch agree to 1e-6
+    tol = 2e-3 if inference_bf16("cpu") else 1e-6
+    np.testing.assert_allclose(batched, [cli[f.stem] for f in files], atol=tol)  # the CLI scores one at a time
+    np.testing.assert_allclose(singles, batched, atol=tol)
+    np.testing.assert_allclose(singles, [cli[f.stem] for f in files], atol=1e-6)  # one exam, one way
     shown = model.explain(files[0], tmp_path / "x.png")
-    assert shown["probability"] == pytest.approx(batched[0], abs=1e-6)  # overlay and predictions.csv agree
+    assert shown["probability"] == pytest.approx(singles[0], abs=1e-6)  # overlay and predictions.csv agree
     assert len(shown["weights"]) == model.ensemble.models[0].slices and (tmp_path / "x.png").is_file()
     m = sbssl.evaluate(ft_run, tiny_set, out=tmp_path / "ev")
     assert m["auc"] == pytest.approx(load_metrics(ft_run)["auc"])  # the valid split, scored as fine-tuning did
