@@ -37,13 +37,15 @@ def write_evaluation(out: Path, cfg, split: str, records: list, probs: np.ndarra
 
 def write_predictions(path: Path, cases: list[str], p: np.ndarray, y: np.ndarray | None,
                       sort_by_probability: bool = False) -> None:
+    """One row per exam. Probabilities keep 9 significant digits (a float32 exactly), so that `compare` and
+    `report`, which read this file, rank the exams as metrics.json did: fewer digits tie near-equal scores."""
     order = np.argsort(-p, kind="stable") if sort_by_probability else np.arange(len(cases))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["case", "probability", "label"])
     for i in order:
         lab = "" if y is None or y[i] is None or y[i] < 0 else int(y[i])
-        w.writerow([cases[i], f"{p[i]:.6f}", lab])
+        w.writerow([cases[i], f"{float(p[i]):.9g}", lab])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -54,7 +56,7 @@ def write_member_predictions(path: Path, cases: list[str], probs: np.ndarray, se
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["case", *[s if isinstance(s, str) else f"member_{s}" for s in seeds]])
     for i, c in enumerate(cases):
-        w.writerow([c, *[f"{q:.6f}" for q in probs[:, i]]])
+        w.writerow([c, *[f"{float(q):.9g}" for q in probs[:, i]]])
     atomic_write_text(path, buf.getvalue())
 
 
