@@ -44,7 +44,8 @@ from sbssl.workflow import finetune  # noqa: E402
 
 PAIRS = (("gmml", "scratch"), ("own", "scratch"), ("auto", "scratch"), ("gmml", "cnn"), ("own", "cnn"),
          ("auto", "cnn"), ("own", "gmml"), ("auto", "gmml"), ("auto", "own"))
-AUTO = ["init=auto"]  # the demo's recipe from the encoder init=auto picks (workflow.auto_init)
+# each arm's overrides of finetune/demo (`own` adds its encoder after pretraining; --encoder arms add theirs)
+OVERRIDES = {**{k: list(v) for k, v in ARMS.items()}, "auto": ["init=auto"], "own": []}
 
 
 def target_root(work: Path, family: str, a: argparse.Namespace) -> Path:
@@ -60,8 +61,7 @@ def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_arg
     """Each arm's run folder (finished runs are kept: the benchmark resumes)."""
     runs, encoders = {}, encoders or {}
     for arm in [*arms, *encoders]:
-        extra = ([f"init={encoders[arm]}"] if arm in encoders else list(ARMS[arm]) if arm in ARMS
-                 else AUTO if arm == "auto" else [])
+        extra = [f"init={encoders[arm]}"] if arm in encoders else OVERRIDES[arm]
         if arm == "own":
             pre = work / "pretrain-own"
             if not (pre / ENCODER).exists():
@@ -96,10 +96,10 @@ def main() -> None:
     ap.add_argument("--out-json", help="write the result here instead of results/transfer.json and RESULTS.md")
     a = ap.parse_args()
     work, arms = Path(a.work), [x for x in a.arms.split(",") if x]
-    unknown = [x for x in arms if x not in (*ARMS, "own", "auto")]
+    unknown = [x for x in arms if x not in OVERRIDES]
     encoders = dict(e.split("=", 1) for e in a.encoder)
     if unknown or any(not v for v in encoders.values()):
-        ap.error(f"unknown arms {unknown} (known: {', '.join([*ARMS, 'own', 'auto'])}); --encoder takes NAME=PATH")
+        ap.error(f"unknown arms {unknown} (known: {', '.join(OVERRIDES)}); --encoder takes NAME=PATH")
     pairs = [*PAIRS, *((e, other) for e in encoders for other in ("scratch", "cnn", "gmml"))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
     result, summary = {}, []
