@@ -22,7 +22,7 @@ from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.pretrain import pretrain
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_gmml
-from sbssl.models.gmml import masked_l1, skip_indices
+from sbssl.models.gmml import masked_l1, patch_statistics, skip_indices
 from sbssl.workflow import finetune
 
 from .conftest import run_cli
@@ -43,6 +43,36 @@ def test_masked_l1_ignores_unmasked_pixels():
     changed = torch.where(mask, recon, recon + 100 * torch.randn_like(recon))
     assert torch.equal(masked_l1(changed, target, mask), base)
     assert torch.allclose(base, (recon - target).abs()[mask.expand_as(recon)].mean())
+
+
+def test_patch_standardised_target_is_per_patch_and_maps_back():
+    """mask.norm_patch: each p x p patch of the target standardised by its own statistics; the loss is the
+    masked L1 to that, and the reconstruction handed to figures is in the slice's units again."""
+    from sbssl.data.preprocessing import Preprocessing
+    from sbssl.engine.tasks import GMMLTask
+    from sbssl.utils.draw import Draw
+
+    x = torch.randn(2, 1, 8, 8) * 3 + 1
+    mean, std = patch_statistics(x, 4)
+    z = (x - mean) / std
+    for i in (0, 4):  # every 4 x 4 patch has mean 0 and (near) unit std, whatever its brightness
+        patch = z[:, :, i:i + 4, i:i + 4]
+        assert patch.mean().abs() < 1e-5 and abs(patch.std(unbiased=False) - 1) < 1e-2
+    flat = patch_statistics(torch.zeros(1, 1, 4, 4), 4)[1]
+    assert torch.allclose(flat, torch.full_like(flat, 0.1))  # a flat patch is not magnified beyond 10x
+
+    cfg = load_config("pretrain/cpu", ["mask.norm_patch=4", "augment.jitter=0", "augment.blur=0",
+                                       "augment.sharpness=0", "augment.flip=0", "augment.crop_scale=[1.0,1.0]"])
+    task = GMMLTask(cfg, Preprocessing.from_config(cfg, 0.3, 0.25))
+    x_u8 = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    target, _, mask = task.inputs(x_u8, Draw("cpu", torch.Generator().manual_seed(0)))
+    m, s = patch_statistics(target, 4)
+    perfect = lambda corrupted, _mask: (target - m) / s  # noqa: E731 - predicts the normalised target exactly
+    out = task(perfect, x_u8, Draw("cpu", torch.Generator().manual_seed(0)))
+    assert out.loss < 1e-5 and torch.allclose(out.recon, target, atol=1e-5)
+    assert mask.any() and task.norm_patch == 4
+    task.norm_patch = 0  # the paper's target: the same prediction is now far off
+    assert task(perfect, x_u8, Draw("cpu", torch.Generator().manual_seed(0))).loss > 0.1
 
 
 def test_skip_blocks_are_the_configured_ones(monkeypatch):

@@ -57,6 +57,10 @@ class MaskConfig:
     align: int = 1  # 1 = pixel-level groups; patch_size = patch-aligned groups
     type: str = "noise"  # zeros | ones | noise | image | mix (or a comma list, e.g. "zeros,noise")
     max_block: float = 0.3  # rectangle sides up to this fraction of the image
+    # the reconstruction target: 0 = the standardised slice (the paper's); p > 0 = each p x p patch standardised
+    # by its own mean and std (MAE's norm_pix_loss), so that faint local contrast weighs as much as bright edges;
+    # on selection family clinic it did not help (docs/results.md, select_clinic_normpatch)
+    norm_patch: int = 0
 
 
 @dataclass
@@ -221,6 +225,9 @@ def validate(cfg: DictConfig) -> None:
         ("mask.max_ratio", 0 < cfg.mask.max_ratio <= 0.95, "in (0, 0.95]"),
         ("mask.align", cfg.mask.align >= 1 and cfg.data.img_size % cfg.mask.align == 0,
          "a divisor of data.img_size"),
+        ("mask.norm_patch", cfg.mask.norm_patch == 0 or (cfg.mask.norm_patch >= 2
+                                                         and cfg.data.img_size % cfg.mask.norm_patch == 0),
+         "0 or a divisor of data.img_size of at least 2"),
         ("data.img_size", cfg.data.img_size >= 8, ">= 8"),
         ("data.crop", 0 < cfg.data.crop <= 1, "in (0, 1]"),
         ("data.slab", 0 < cfg.data.slab <= 1, "in (0, 1]"),

@@ -15,14 +15,14 @@ from omegaconf import DictConfig
 from sbssl.augment import SliceAugment
 from sbssl.data.preprocessing import Preprocessing
 from sbssl.masking import GroupMasking
-from sbssl.models.gmml import masked_l1
+from sbssl.models.gmml import masked_l1, patch_statistics
 from sbssl.utils.draw import Draw
 
 
 @dataclass
 class GMMLOutput:
     loss: torch.Tensor  # masked L1, averaged over the corrupted pixels (of the global batch under DDP)
-    recon: torch.Tensor
+    recon: torch.Tensor  # in the target's units (a patch-standardised prediction mapped back by its patch's stats)
     target: torch.Tensor  # the clean (augmented, standardised) slices
     corrupted: torch.Tensor
     mask: torch.Tensor  # True where pixels were replaced
@@ -36,6 +36,7 @@ class GMMLTask:
         self.augment = SliceAugment.from_config(cfg.augment, cfg.data.plane)
         self.masking = GroupMasking.from_config(cfg.mask, ones_value=(1.0 - pre.mean) / pre.std)
         self.standardise = pre.standardise
+        self.norm_patch = cfg.mask.norm_patch
 
     def inputs(self, x_u8: torch.Tensor, draw: Draw, augment: bool = True
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,7 +55,11 @@ class GMMLTask:
         count = mask.to(recon.dtype).expand_as(recon).sum()
         if global_count is not None:
             count = global_count(count)
-        return GMMLOutput(masked_l1(recon, target, mask, count), recon, target, corrupted, mask)
+        if not self.norm_patch:
+            return GMMLOutput(masked_l1(recon, target, mask, count), recon, target, corrupted, mask)
+        mean, std = patch_statistics(target, self.norm_patch)
+        loss = masked_l1(recon, (target - mean) / std, mask, count)
+        return GMMLOutput(loss, recon * std + mean, target, corrupted, mask)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from sbssl.models.vit import block_outputs, in_chans_of
@@ -58,6 +59,17 @@ class GMMLAutoencoder(nn.Module):
         outs = block_outputs(self.encoder, x, self.skip)
         tokens = self.encoder.norm(torch.stack(outs).mean(0))
         return self.head(tokens[:, self.encoder.num_prefix_tokens:], self.grid)
+
+
+def patch_statistics(x: torch.Tensor, p: int, eps: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each p x p patch's mean and std, broadcast back to its pixels (MAE's norm_pix_loss target: a patch
+    standardised by its own statistics, so a faint structure weighs as much as a bright edge). `eps` is added
+    to the variance in the slice set's standardised units (MAE's 1e-6 is for photographs): a patch of background
+    noise is not magnified more than ~10x into a target nothing can predict."""
+    mean = F.avg_pool2d(x, p)
+    std = (F.avg_pool2d(x * x, p) - mean * mean).clamp(min=0).add(eps).sqrt()
+    up = nn.Upsample(scale_factor=p, mode="nearest")
+    return up(mean), up(std)
 
 
 def masked_l1(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
