@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from sbssl.config import to_yaml
@@ -239,21 +240,19 @@ def save_recon_grid(model: GMMLAutoencoder | GMMLConvAutoencoder, task: GMMLTask
     o = task(model, x_u8, Draw(x_u8.device, gen), augment=False)
     model.train(was_training)
     x, corrupted, recon, mask = o.target, o.corrupted, o.recon, o.mask
-    shown = torch.where(mask, recon, x)
-    rows = [("original", x), ("corrupted", corrupted), ("reconstruction", recon), ("restored", shown),
-            ("mask", mask.float())]
-    n = x.shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.6 * len(rows)), squeeze=False)
     lo, hi = float(x.min()), float(x.max())
-    for r, (name, imgs) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r, c]
-            img = imgs[c, 0].cpu().numpy()
-            ax.imshow(img, cmap="gray", vmin=0 if name == "mask" else lo, vmax=1 if name == "mask" else hi)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
+    window = lambda t: ((t - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # noqa: E731 - the original's grey window
+    rows = [("original", window(x)), ("corrupted", window(corrupted)), ("reconstruction", window(recon)),
+            ("restored", window(torch.where(mask, recon, x))), ("mask", mask.float().expand_as(x))]
+    # one mosaic in one axes (a grid of subplots costs ~1 s a figure in matplotlib's layout)
+    pad = 2
+    tiles = [F.pad(imgs[:, 0].float().cpu(), (pad // 2,) * 4, value=1.0) for _, imgs in rows]  # (n, h, w) each
+    n, h, w = tiles[0].shape
+    mosaic = torch.cat([t.permute(1, 0, 2).reshape(h, n * w) for t in tiles])
+    fig, ax = plt.subplots(figsize=(1.6 * n, 1.6 * len(rows)))
+    ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([h * (r + 0.5) for r in range(len(rows))], [name for name, _ in rows], fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path, dpi=70)
