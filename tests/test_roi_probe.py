@@ -251,3 +251,38 @@ def test_batch_norm_recalibrated_on_clean_slices(gmml_roi_run: Path, tiny_set: P
     sd = init.weights
     assert not torch.allclose(bn.running_mean, sd["patch_embed.proj.1.running_mean"], atol=1e-3)
     assert torch.equal(bn.weight, sd["patch_embed.proj.1.weight"]) and bn.momentum == 0.1
+
+
+def test_frozen_batch_norm_keeps_an_exams_features_independent_of_its_batch(gmml_roi_run: Path, tiny_set: Path,
+                                                                             tmp_path: Path):
+    """finetune.frozen_bn: in training mode the stem's batch norms still normalise by their running statistics
+    (an exam scores the same alone and beside others, and the statistics do not move), their scales still learn;
+    without it, batch statistics make an exam's score depend on its batch-mates. Fine-tuning sets it from an
+    encoder only."""
+    init = encoder_init(str(gmml_roi_run))
+    cfg = init.configure(load_config(None, [f"init={gmml_roi_run}", "finetune.slices=4", "model.drop_path=0",
+                                            "finetune.aggregator=max", "finetune.slice_feature=max"]))
+    torch.manual_seed(0)
+    x, lengths = torch.randn(3 * 4, 1, 16, 16), torch.tensor([4, 4, 4])
+    for frozen in (True, False):
+        model = build_classifier(cfg, init)
+        model.frozen_bn = frozen
+        model.train()
+        bn = model.encoder.patch_embed.proj[1]
+        before = bn.running_mean.clone()
+        alone = model(x[:4], lengths[:1])
+        together = model(x, lengths)[:1]
+        assert torch.allclose(alone, together, atol=1e-5) == frozen
+        assert torch.equal(bn.running_mean, before) == frozen and model.encoder.training and bn.weight.requires_grad
+    out = tmp_path / "ft"
+    finetune(load_config(None, [*FT, f"init={gmml_roi_run}", "finetune.ensemble=1", "train.epochs=1",
+                                "finetune.frozen_bn=true"]), tiny_set, out)
+    from sbssl.data.cache import slice_cache_for
+    from sbssl.engine.finetune import recalibrate_batch_norm
+
+    fresh = build_classifier(cfg, init)
+    cache, records = slice_cache_for(cfg, tiny_set, "train")
+    recalibrate_batch_norm(fresh, cache, np.arange(len(records)), init.preprocessing, "cpu")
+    sd, key = load_file(out / "model-0.safetensors"), "encoder.patch_embed.proj.1."
+    assert torch.allclose(sd[key + "running_mean"], fresh.state_dict()[key + "running_mean"], atol=1e-5)
+    assert not torch.equal(sd[key + "weight"], init.weights["patch_embed.proj.1.weight"])  # its scale learnt

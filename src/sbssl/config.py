@@ -126,6 +126,9 @@ class FinetuneConfig:
     # epoch kept) | auto: auc when the held-out part would hold min_heldout exams of each class, else last
     min_heldout: int = 5
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
+    # from an encoder: its batch norms (a ViT's conv stem) normalise by their running statistics, re-estimated on
+    # the clean slices, in fine-tuning too instead of by each batch of a few exams (as detection freezes them)
+    frozen_bn: bool = False
     probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off);
     # the solver's iterations (L-BFGS) or steps (AdamW)
     probe_solver: str = "lbfgs"  # lbfgs (full batch, to convergence) | adamw (minibatches; the lr and batch below)

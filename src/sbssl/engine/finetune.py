@@ -196,6 +196,7 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, data: Labelled, se
     st = ckpt.load_checkpoint(ck_dir)
     if init is not None:  # also on resume: a frozen encoder's feature table is rebuilt before the checkpoint loads
         recalibrate_batch_norm(model, data.cache, data.read, pre, fabric.device)
+    model.frozen_bn = cfg.finetune.frozen_bn and init is not None  # from random init there are no statistics yet
     done = -1 if st is None else st["epoch"]
     runlog = RunLog(out, f"member-{seed}", cfg.trainer.loggers, fabric.global_rank == 0,
                     None if st is None else st["step"])

@@ -162,6 +162,18 @@ class SliceClassifier(nn.Module):
             self.head = nn.Linear(self.aggregate.out_dim, 2)
         else:
             self.head = nn.Sequential(nn.Linear(self.aggregate.out_dim, dim), nn.GELU(), nn.Linear(dim, 2))
+        self.frozen_bn = False
+
+    def train(self, mode: bool = True) -> SliceClassifier:
+        """With `frozen_bn`, the encoder's batch norms keep normalising by their running statistics in training
+        too (their scales still learn): an exam's features then do not depend on its batch-mates, and fine-tuning
+        sees the features a read-out was fitted on (finetune.frozen_bn)."""
+        super().train(mode)
+        if mode and self.frozen_bn:
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def slice_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B * slices, K): what the encoder returns per slice (a ViT's pooled tokens, the CNN's pooled map);
