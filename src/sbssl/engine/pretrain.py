@@ -241,12 +241,14 @@ def save_recon_grid(model: GMMLAutoencoder | GMMLConvAutoencoder, task: GMMLTask
     model.train(was_training)
     x, corrupted, recon, mask = o.target, o.corrupted, o.recon, o.mask
     lo, hi = float(x.min()), float(x.max())
-    window = lambda t: ((t - lo) / max(hi - lo, 1e-6)).clamp(0, 1)  # noqa: E731 - the original's grey window
+
+    def window(t: torch.Tensor) -> torch.Tensor:  # the original's grey window, as [0, 1]
+        return ((t - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
+
     rows = [("original", window(x)), ("corrupted", window(corrupted)), ("reconstruction", window(recon)),
             ("restored", window(torch.where(mask, recon, x))), ("mask", mask.float().expand_as(x))]
     # one mosaic in one axes (a grid of subplots costs ~1 s a figure in matplotlib's layout)
-    pad = 2
-    tiles = [F.pad(imgs[:, 0].float().cpu(), (pad // 2,) * 4, value=1.0) for _, imgs in rows]  # (n, h, w) each
+    tiles = [F.pad(imgs[:, 0].float().cpu(), (1, 1, 1, 1), value=1.0) for _, imgs in rows]  # white 2-px seams
     n, h, w = tiles[0].shape
     mosaic = torch.cat([t.permute(1, 0, 2).reshape(h, n * w) for t in tiles])
     fig, ax = plt.subplots(figsize=(1.6 * n, 1.6 * len(rows)))

@@ -68,8 +68,7 @@ def patch_statistics(x: torch.Tensor, p: int, eps: float = 1e-2) -> tuple[torch.
     noise is not magnified more than ~10x into a target nothing can predict."""
     mean = F.avg_pool2d(x, p)
     std = (F.avg_pool2d(x * x, p) - mean * mean).clamp(min=0).add(eps).sqrt()
-    up = nn.Upsample(scale_factor=p, mode="nearest")
-    return up(mean), up(std)
+    return F.interpolate(mean, scale_factor=p, mode="nearest"), F.interpolate(std, scale_factor=p, mode="nearest")
 
 
 def masked_l1(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
