@@ -13,7 +13,13 @@ init and against the CNN.
 
     python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own,auto]
                                   [--train 400 --valid 120 --size 256] [--pretrain train.epochs=24]
-                                  [--set data.roi=knee] [--encoder varied=ENCODER.safetensors ...]
+                                  [--set data.roi=knee] [--encoder varied=ENCODER.safetensors ...] [--seeds 0,1,2]
+
+`--seeds` trains every arm at each training seed (train.seed: the held-out fifth that picks the epoch, the
+members' seeds, the batch order) and averages each paired difference over them. At CPU scale one recipe at two
+seeds can differ by more than the bootstrap interval over valid exams (clinic: 0.677 vs 0.499), so a recipe is
+chosen by the seed-averaged difference's two-level interval (`ci95`: seeds, then exams, resampled); `ci95_exams`
+holds the exams' noise alone. The own pretraining runs once per target.
 
 `--encoder NAME=PATH` adds an arm NAME: the demo's GMML recipe from that encoder (a candidate shipped encoder,
 pretrained on selection families), paired against random init, the CNN and the shipped encoder.
@@ -31,13 +37,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.demo import ARMS  # noqa: E402
 from sbssl.engine.pretrain import pretrain  # noqa: E402
-from sbssl.evaluation.report_files import compare_runs, load_metrics  # noqa: E402
+from sbssl.evaluation.report_files import load_metrics, paired_runs_over_seeds  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 from sbssl.utils.rundir import ENCODER, METRICS  # noqa: E402
 from sbssl.workflow import finetune  # noqa: E402
@@ -56,9 +64,15 @@ def target_root(work: Path, family: str, a: argparse.Namespace) -> Path:
     return root
 
 
+def run_folder(work: Path, arm: str, seed: int | None) -> Path:
+    """Seed 0 (or no --seeds) keeps the name runs had before --seeds, so earlier work folders resume."""
+    return work / (f"finetune-{arm}" if not seed else f"finetune-{arm}-seed{seed}")
+
+
 def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_args: list[str],
-             encoders: dict[str, str] | None = None) -> dict[str, Path]:
-    """Each arm's run folder (finished runs are kept: the benchmark resumes)."""
+             encoders: dict[str, str] | None = None, seeds: list[int] | None = None) -> dict[str, list[Path]]:
+    """Each arm's run folders, one per training seed (finished runs are kept: the benchmark resumes). The own
+    pretraining runs once: the seeds vary the fine-tuning (held-out fifth, members, batch order)."""
     runs, encoders = {}, encoders or {}
     for arm in [*arms, *encoders]:
         extra = [f"init={encoders[arm]}"] if arm in encoders else OVERRIDES[arm]
@@ -69,13 +83,41 @@ def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_arg
                 pretrain(load_config("pretrain/cpu", [*common, *pre_args]), root, pre)
                 print(f"own pretraining: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
             extra = [f"init={pre / ENCODER}"]
-        run = work / f"finetune-{arm}"
-        if not (run / METRICS).exists():
-            t = time.perf_counter()
-            finetune(load_config("finetune/demo", [*extra, *common]), root, run)
-            print(f"{arm}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
-        runs[arm] = run
+        runs[arm] = []
+        for seed in seeds or [None]:
+            run = run_folder(work, arm, seed)
+            if not (run / METRICS).exists():
+                t = time.perf_counter()
+                seeded = [] if seed is None else [f"train.seed={seed}"]
+                finetune(load_config("finetune/demo", [*extra, *common, *seeded]), root, run)
+                print(f"{arm} (seed {seed or 0}): {(time.perf_counter() - t) / 60:.1f} min", flush=True)
+            runs[arm].append(run)
     return runs
+
+
+def target_row(runs: dict[str, list[Path]], pairs: list[tuple[str, str]]) -> dict:
+    """Each arm's valid AUC (its mean over seeds, with every seed's) and each pair's seed-averaged paired
+    difference: `ci95` resamples seeds and exams, `ci95_exams` the exams only (metrics.seed_averaged_difference);
+    with one seed both are the plain paired bootstrap."""
+    row = {}
+    for arm, folders in runs.items():
+        m = [load_metrics(f) for f in folders]
+        row[arm] = {"auc": float(np.mean([x["auc"] for x in m]))}
+        row[arm] |= {"auc_ci95": m[0]["auc_ci95"]} if len(m) == 1 else {"auc_per_seed": [x["auc"] for x in m]}
+    for x, y in pairs:
+        if x in runs and y in runs:
+            d = paired_runs_over_seeds(runs[x], runs[y])
+            row[f"{x}-{y}"] = {"diff": d["difference"], **{k: d[k] for k in ("ci95", "ci95_exams", "per_seed")}}
+    return row
+
+
+def summary_cell(key: str, v: dict) -> str:
+    if "diff" not in v:
+        spread = (f" [{v['auc_ci95'][0]:.3f}, {v['auc_ci95'][1]:.3f}]" if "auc_ci95" in v else
+                  " (seeds " + ", ".join(f"{a:.3f}" for a in v["auc_per_seed"]) + ")")
+        return f"{key} {v['auc']:.3f}{spread}"
+    seeds = "" if len(v["per_seed"]) == 1 else " (seeds " + ", ".join(f"{a:+.3f}" for a in v["per_seed"]) + ")"
+    return f"{key} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]{seeds}"
 
 
 def main() -> None:
@@ -92,6 +134,7 @@ def main() -> None:
     ap.add_argument("--pretrain", nargs="*", default=[], help="overrides for the own pretraining")
     ap.add_argument("--encoder", nargs="*", default=[], metavar="NAME=PATH",
                     help="extra arms: the GMML recipe from these encoders")
+    ap.add_argument("--seeds", help="training seeds, e.g. 0,1,2: every arm at each; differences averaged over them")
     ap.add_argument("--name", default="transfer")
     ap.add_argument("--out-json", help="write the result here instead of results/transfer.json and RESULTS.md")
     a = ap.parse_args()
@@ -100,24 +143,19 @@ def main() -> None:
     encoders = dict(e.split("=", 1) for e in a.encoder)
     if unknown or any(not v for v in encoders.values()):
         ap.error(f"unknown arms {unknown} (known: {', '.join(OVERRIDES)}); --encoder takes NAME=PATH")
+    seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
+    if seeds and any(o.startswith("train.seed=") for o in a.set):
+        ap.error("--seeds sets train.seed: leave it out of --set")
     pairs = [*PAIRS, *((e, other) for e in encoders for other in ("scratch", "cnn", "gmml"))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
     result, summary = {}, []
     for name, root in targets.items():
-        w = work / name
         root = root or target_root(work, name, a)
-        runs = run_arms(root, w, arms, a.set, a.pretrain, encoders)
-        row = {arm: {k: load_metrics(run)[k] for k in ("auc", "auc_ci95")} for arm, run in runs.items()}
-        for x, y in pairs:
-            if x in runs and y in runs:
-                d = compare_runs(runs[x], runs[y], w / f"compare-{x}-{y}")
-                row[f"{x}-{y}"] = {"diff": d["difference"], "ci95": d["ci95"]}
-        result[name] = row
-        cells = [f"{k} {v['auc']:.3f} [{v['auc_ci95'][0]:.3f}, {v['auc_ci95'][1]:.3f}]" if "auc" in v else
-                 f"{k} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" for k, v in row.items()]
-        summary.append(f"{name}: " + "; ".join(cells))
+        runs = run_arms(root, work / name, arms, a.set, a.pretrain, encoders, seeds)
+        result[name] = target_row(runs, pairs)
+        summary.append(f"{name}: " + "; ".join(summary_cell(k, v) for k, v in result[name].items()))
         print(summary[-1], flush=True)
-    res = {"targets": result, "set": a.set, "pretrain": a.pretrain, "encoders": encoders}
+    res = {"targets": result, "set": a.set, "pretrain": a.pretrain, "encoders": encoders, "seeds": seeds}
     if a.out_json:
         Path(a.out_json).write_text(json.dumps(res, indent=2) + "\n")
     else:

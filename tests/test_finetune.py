@@ -17,8 +17,9 @@ from sbssl.config import load_config
 from sbssl.data.datasets import resample_index
 from sbssl.engine.finetune import choose_on_heldout
 from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
-from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_difference
-from sbssl.evaluation.report_files import read_predictions
+from sbssl.errors import SbsslError
+from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_difference, seed_averaged_difference
+from sbssl.evaluation.report_files import paired_runs_over_seeds, read_predictions, write_predictions
 from sbssl.models.build import build_classifier
 from sbssl.models.encoder_file import encoder_init
 from sbssl.models.slice_classifier import InstanceAggregator, MRNetCNN, SliceClassifier
@@ -163,6 +164,39 @@ def test_bootstrap_interval_brackets_and_narrows():
     assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
     better = paired_auc_difference(y, y + rng.normal(0, 0.3, len(y)), p)
     assert better["ci95"][0] > 0
+
+
+def test_seed_averaged_difference_holds_the_spread_between_training_seeds(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1], [90, 30])
+    base = y * 0.8 + rng.normal(0, 1, (3, len(y)))  # recipe b at seeds 0, 1, 2
+    steady = np.stack([y * 1.2 + rng.normal(0, 1, len(y))] * 3)  # a recipe that every seed trains alike
+    one = paired_auc_difference(y, steady[0], base[0])
+    d1 = seed_averaged_difference(y, steady[:1], base[:1])
+    assert d1["difference"] == pytest.approx(one["difference"]) and d1["ci95"] == d1["ci95_exams"] == one["ci95"]
+    same = seed_averaged_difference(y, steady, np.stack([base[0]] * 3))
+    assert same["ci95"] == pytest.approx(same["ci95_exams"]) and same["seed_sd"] == 0
+    # a recipe whose seeds land far apart: the mean is the seeds' mean, and only the two-level interval widens
+    erratic = np.stack([y * s + rng.normal(0, 1, len(y)) for s in (0.2, 1.2, 2.4)])
+    d = seed_averaged_difference(y, erratic, base)
+    aucs = [roc_auc_score(y, q) for q in erratic]
+    assert d["difference"] == pytest.approx(np.mean(aucs) - np.mean([roc_auc_score(y, q) for q in base]))
+    assert d["per_seed"] == pytest.approx([a - roc_auc_score(y, q) for a, q in zip(aucs, base, strict=True)])
+    lo, hi = d["ci95"]
+    assert lo < d["ci95_exams"][0] < d["ci95_exams"][1] < hi and hi - lo > 1.5 * np.diff(d["ci95_exams"])[0]
+    # run folders: every seed's pair must score the same exams
+    cases = [f"{i:04d}" for i in range(len(y))]
+    runs = {}
+    for name, probs in (("a", erratic), ("b", base), ("ra", erratic[:, ::-1]), ("rb", base[:, ::-1])):
+        runs[name] = [tmp_path / f"{name}{k}" for k in range(3)]
+        flip = name.startswith("r")
+        for run, q in zip(runs[name], probs, strict=True):
+            write_predictions(run / "predictions.csv", cases[::-1] if flip else cases, q, y[::-1] if flip else y)
+    assert paired_runs_over_seeds(runs["a"], runs["b"])["difference"] == pytest.approx(d["difference"])
+    with pytest.raises(SbsslError, match="a0/predictions.csv and .*rb0/predictions.csv score different exams or"):
+        paired_runs_over_seeds(runs["a"], runs["rb"])  # within a seed's pair
+    with pytest.raises(SbsslError, match="ra1/predictions.csv and .*a0/predictions.csv score different exams$"):
+        paired_runs_over_seeds([runs["a"][0], runs["ra"][1]], [runs["b"][0], runs["rb"][1]])  # across seeds
 
 
 def test_end_to_end_files_and_ensemble_average(ft_run: Path):

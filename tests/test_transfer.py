@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sbssl.evaluation.report_files import read_predictions
@@ -15,29 +16,36 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
 
 
 @pytest.mark.slow
-def test_transfer_runs_every_arm_on_a_generated_family_and_pairs_them(tmp_path: Path):
+def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_them(tmp_path: Path):
     small = ["train.epochs=1", "train.warmup_epochs=0", "finetune.ensemble=1", "finetune.slices=4",
              "finetune.probe_steps=5", "finetune.select=last", "trainer.accelerator=cpu"]
     res = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path), "--families", "mixed",
                           "--train", "10", "--valid", "8", "--size", "48", "--set", *small, "data.roi=knee",
                           "--pretrain", "train.batch_size=16", "train.recon_every=0",
                           "--encoder", f"again={tmp_path / 'mixed' / 'pretrain-own' / 'encoder.safetensors'}",
-                          "--out-json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=900)
+                          "--seeds", "0,1", "--out-json", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "r.json").read_text())["targets"]["mixed"]
     synth = json.loads((tmp_path / "data-mixed-48" / "MRNet-v1.0" / "findings" / "synth.json").read_text())
     assert synth["spec"]["family"] == "mixed" and synth["spec"]["seed"] == 5
     assert (tmp_path / "mixed" / "pretrain-own" / "encoder.safetensors").is_file()
     for arm in ("gmml", "scratch", "cnn", "own", "again"):
-        run = tmp_path / "mixed" / f"finetune-{arm}"
-        cases, _, _ = read_predictions(run / "predictions.csv")
-        assert len(cases) == 8 and 0 <= out[arm]["auc"] <= 1
-        assert json.loads((run / "run.json").read_text())["preprocessing"]["roi"] == "knee"  # --set reached it
-    assert "pretrain-own" in json.loads((tmp_path / "mixed" / "finetune-own" / "run.json").read_text())["init"]
-    assert "pretrain-own" in json.loads((tmp_path / "mixed" / "finetune-again" / "run.json").read_text())["init"]
+        for seed, name in enumerate((f"finetune-{arm}", f"finetune-{arm}-seed1")):  # seed 0 keeps the old name
+            run = tmp_path / "mixed" / name
+            cases, _, _ = read_predictions(run / "predictions.csv")
+            member = json.loads((run / "metrics.json").read_text())["member_metrics"][0]
+            assert len(cases) == 8 and member["seed"] == seed
+            info = json.loads((run / "run.json").read_text())
+            assert info["preprocessing"]["roi"] == "knee"  # --set reached it
+            assert arm not in ("own", "again") or "pretrain-own" in info["init"]  # one own pretraining for all seeds
+        assert out[arm]["auc"] == pytest.approx(np.mean(out[arm]["auc_per_seed"]))
     for pair in ("gmml-scratch", "own-scratch", "gmml-cnn", "own-cnn", "own-gmml", "again-scratch", "again-cnn",
                  "again-gmml"):
         a, b = pair.split("-")
+        per_seed = np.subtract(out[a]["auc_per_seed"], out[b]["auc_per_seed"])
+        assert out[pair]["per_seed"] == pytest.approx(per_seed, abs=1e-9)
         assert out[pair]["diff"] == pytest.approx(out[a]["auc"] - out[b]["auc"], abs=1e-9)
         assert -1 <= out[pair]["ci95"][0] <= out[pair]["ci95"][1] <= 1
-    assert "mixed: gmml" in res.stdout
+        assert -1 <= out[pair]["ci95_exams"][0] <= out[pair]["ci95_exams"][1] <= 1
+    assert "mixed: gmml" in res.stdout and "(seeds " in res.stdout

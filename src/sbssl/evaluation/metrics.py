@@ -63,6 +63,30 @@ def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, reps:
             "positives": int(y.sum()), "bootstrap": boot.tolist()}
 
 
+def seed_averaged_difference(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, reps: int = 2000,
+                             seed: int = 0) -> dict:
+    """Mean over training seeds of AUC(a) - AUC(b) on the same exams; probs_* are (seeds, exams), row k of both
+    trained with seed k.
+
+    `ci95_exams` applies each exam resample to every seed's pair: the seeds held fixed, so it holds the valid
+    set's noise only (the models trained are the ones judged). `ci95` resamples the seeds too (a two-level
+    bootstrap: seeds with replacement, then the exams), so it also holds the spread between training runs of
+    the same recipe, which at CPU scale can exceed the exam noise: the interval to choose a recipe by.
+    """
+    y, probs_a, probs_b = np.asarray(y), np.atleast_2d(probs_a), np.atleast_2d(probs_b)
+    k = len(probs_a)
+    pairs = [paired_auc_difference(y, a, b, reps, seed) for a, b in zip(probs_a, probs_b, strict=True)]
+    boot = np.array([r["bootstrap"] for r in pairs])  # (seeds, reps): the same exam resamples in every row
+    pick = np.random.default_rng(seed + 1).integers(k, size=(reps, k))
+    two_level = boot[pick, np.arange(reps)[:, None]].mean(1)
+    per_seed = [r["difference"] for r in pairs]
+    return {"difference": float(np.mean(per_seed)), "per_seed": per_seed,
+            "seed_sd": float(np.std(per_seed, ddof=1)) if k > 1 else 0.0,
+            "ci95": [float(np.quantile(two_level, 0.025)), float(np.quantile(two_level, 0.975))],
+            "ci95_exams": [float(np.quantile(boot.mean(0), 0.025)), float(np.quantile(boot.mean(0), 0.975))],
+            "p_value_one_sided": float((two_level <= 0).mean()), "seeds": k, "n": int(len(y))}
+
+
 def exam_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, reps: int = 2000) -> dict:
     auc, ci = auc_with_ci(y, p, reps)
     return {"n": int(len(y)), "positives": int(np.sum(y)), **threshold_metrics(np.asarray(y), np.asarray(p),

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sbssl.evaluation.metrics import exam_metrics
+from sbssl.errors import SbsslError
+from sbssl.evaluation.metrics import exam_metrics, paired_auc_difference, seed_averaged_difference
 from sbssl.registry import CNNS
 from sbssl.utils.io import atomic_write_json, atomic_write_text
 from sbssl.utils.rundir import COMPARE, COMPARE_PLOT, MEMBER_PREDICTIONS, METRICS, PREDICTIONS, ROC
@@ -100,9 +101,27 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
 
 def paired_runs(run_a: Path, run_b: Path, reps: int = 2000) -> dict:
     """`metrics.paired_auc_difference` of two run folders' predictions, checked to score the same exams."""
-    from sbssl.errors import SbsslError
-    from sbssl.evaluation.metrics import paired_auc_difference
+    _, y, qa, qb = _paired_predictions(run_a, run_b)
+    res = paired_auc_difference(y, qa, qb, reps)
+    res.update({"run_a": str(run_a), "run_b": str(run_b)})
+    return res
 
+
+def paired_runs_over_seeds(runs_a: list[Path], runs_b: list[Path], reps: int = 2000) -> dict:
+    """`metrics.seed_averaged_difference` of two recipes, each trained at the same seeds (runs_a[k] and runs_b[k]
+    at seed k), every run checked to score the same exams."""
+    if not runs_a or len(runs_a) != len(runs_b):
+        raise ValueError(f"paired_runs_over_seeds needs as many runs of a as of b ({len(runs_a)}, {len(runs_b)})")
+    pairs = [_paired_predictions(a, b) for a, b in zip(runs_a, runs_b, strict=True)]
+    for (cases, _, _, _), a in zip(pairs, runs_a, strict=True):
+        if cases != pairs[0][0]:
+            raise SbsslError(f"{Path(a) / PREDICTIONS} and {Path(runs_a[0]) / PREDICTIONS} score different exams")
+    return seed_averaged_difference(pairs[0][1], np.stack([p[2] for p in pairs]), np.stack([p[3] for p in pairs]),
+                                    reps)
+
+
+def _paired_predictions(run_a: Path, run_b: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Exams, labels and both runs' probabilities, checked to be the same labelled exams of both classes."""
     pa, pb = Path(run_a) / PREDICTIONS, Path(run_b) / PREDICTIONS
     for p in (pa, pb):
         if not p.is_file():
@@ -113,9 +132,7 @@ def paired_runs(run_a: Path, run_b: Path, reps: int = 2000) -> dict:
         raise SbsslError(f"{pa} and {pb} score different exams or labels; compare needs the same split")
     if (ya < 0).any() or len(np.unique(ya)) < 2:
         raise SbsslError(f"{pa}: compare needs labels of both classes")
-    res = paired_auc_difference(ya, qa, qb, reps)
-    res.update({"run_a": str(run_a), "run_b": str(run_b)})
-    return res
+    return ca, ya, qa, qb
 
 
 def _compare_plot(path: Path, boot: np.ndarray, res: dict) -> None:
