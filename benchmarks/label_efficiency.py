@@ -119,6 +119,7 @@ def seed_averaged_difference(runs_a: list[Path], runs_b: list[Path]) -> dict:
     """Mean over subset seeds of AUC(a) - AUC(b); `ci95` holds the valid exams' noise (each resample applied to
     every seed's pair, as every recorded run reports it), `ci95_seeds` also resamples the seeds."""
     d = paired_runs_over_seeds(runs_a, runs_b)
+    d.pop("bootstrap")
     return {**d, "ci95": d["ci95_exams"], "ci95_seeds": d["ci95"]}
 
 

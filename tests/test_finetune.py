@@ -243,6 +243,17 @@ def test_evaluate_and_compare_commands(ft_run: Path, tiny_set: Path, tmp_path: P
     c = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert c["difference"] == 0 and (tmp_path / "cmp" / "compare.png").exists()
     assert_user_error(run_cli("compare", ft_run, tmp_path / "ev"), "different exams")
+    # two recipes at two seeds each: b's second seed ranks every exam the other way round
+    cases, p, y = read_predictions(ft_run / "predictions.csv")
+    write_predictions(tmp_path / "flip" / "predictions.csv", cases, 1 - p, y)
+    res = run_cli("compare", f"{ft_run},{ft_run}", f"{ft_run},{tmp_path / 'flip'}", "--out", tmp_path / "cmp2")
+    assert res.returncode == 0, res.stderr
+    c = json.loads((tmp_path / "cmp2" / "compare.json").read_text())
+    auc = roc_auc_score(y, p)
+    assert c["seeds"] == 2 and c["per_seed"] == pytest.approx([0, 2 * auc - 1])
+    assert c["difference"] == pytest.approx(auc - 0.5) and "per seed" in res.stdout
+    assert c["ci95"][0] <= c["ci95_exams"][0] and (tmp_path / "cmp2" / "compare.png").exists()
+    assert_user_error(run_cli("compare", f"{ft_run},{ft_run}", ft_run), "2 runs of a and 1 of b")
 
 
 def test_scratch_vit_and_cnn_baselines_run(tiny_set: Path, tmp_path: Path):

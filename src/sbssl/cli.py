@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "DIR/vit_small.safetensors or .pth (timm)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every training step")
 
-    p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
+    p = sub.add_parser("compare", help="paired bootstrap of the AUC difference of two runs (or two recipes, each "
+                                      "trained at the same seeds)")
+    p.add_argument("run_a", help="a run folder, or A0,A1,... : one recipe at several training seeds")
+    p.add_argument("run_b", help="the same for b (B0,B1,... trained at A0,A1,...'s seeds): the difference is "
+                                 "averaged over seeds, its interval resamples seeds and exams")
     p.add_argument("--out", help="where compare.json/.png go (default: RUN_A)")
     p.add_argument("--reps", type=int, default=2000)
     return ap
@@ -298,11 +300,23 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from sbssl.evaluation.report_files import compare_runs
+    from sbssl.evaluation.report_files import compare_over_seeds, compare_runs
 
-    r = compare_runs(Path(a.run_a), Path(a.run_b), Path(a.out or a.run_a), a.reps)
-    print(f"AUC {r['auc_a']:.3f} vs {r['auc_b']:.3f}: difference {r['difference']:+.3f} "
-          f"95% CI [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] (paired bootstrap, n={r['n']})")
+    runs_a, runs_b = ([Path(r) for r in x.split(",") if r] for x in (a.run_a, a.run_b))
+    if len(runs_a) != len(runs_b):
+        raise SbsslError(f"compare: {len(runs_a)} runs of a and {len(runs_b)} of b; the k-th of each must be "
+                         "trained at the same seed")
+    out = Path(a.out or runs_a[0])
+    if len(runs_a) == 1:
+        r = compare_runs(runs_a[0], runs_b[0], out, a.reps)
+        print(f"AUC {r['auc_a']:.3f} vs {r['auc_b']:.3f}: difference {r['difference']:+.3f} "
+              f"95% CI [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] (paired bootstrap, n={r['n']})")
+        return
+    r = compare_over_seeds(runs_a, runs_b, out, a.reps)
+    print(f"mean AUC over {r['seeds']} seeds {r['auc_a']:.3f} vs {r['auc_b']:.3f}: difference {r['difference']:+.3f}"
+          f" 95% CI [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] (seeds and exams resampled; exams only "
+          f"[{r['ci95_exams'][0]:+.3f}, {r['ci95_exams'][1]:+.3f}]; per seed "
+          + ", ".join(f"{d:+.3f}" for d in r["per_seed"]) + f"; n={r['n']})")
 
 
 def cmd_explain(a: argparse.Namespace) -> None:

@@ -80,11 +80,13 @@ def seed_averaged_difference(y: np.ndarray, probs_a: np.ndarray, probs_b: np.nda
     pick = np.random.default_rng(seed + 1).integers(k, size=(reps, k))
     two_level = boot[pick, np.arange(reps)[:, None]].mean(1)
     per_seed = [r["difference"] for r in pairs]
-    return {"difference": float(np.mean(per_seed)), "per_seed": per_seed,
+    return {"auc_a": float(np.mean([r["auc_a"] for r in pairs])), "auc_b": float(np.mean([r["auc_b"] for r in pairs])),
+            "difference": float(np.mean(per_seed)), "per_seed": per_seed,
             "seed_sd": float(np.std(per_seed, ddof=1)) if k > 1 else 0.0,
             "ci95": [float(np.quantile(two_level, 0.025)), float(np.quantile(two_level, 0.975))],
             "ci95_exams": [float(np.quantile(boot.mean(0), 0.025)), float(np.quantile(boot.mean(0), 0.975))],
-            "p_value_one_sided": float((two_level <= 0).mean()), "seeds": k, "n": int(len(y))}
+            "p_value_one_sided": float((two_level <= 0).mean()), "reps": reps, "seeds": k, "n": int(len(y)),
+            "positives": int(y.sum()), "bootstrap": two_level.tolist()}
 
 
 def exam_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5, reps: int = 2000) -> dict:

@@ -99,6 +99,17 @@ def compare_runs(run_a: Path, run_b: Path, out: Path, reps: int = 2000) -> dict:
     return res
 
 
+def compare_over_seeds(runs_a: list[Path], runs_b: list[Path], out: Path, reps: int = 2000) -> dict:
+    """compare_runs for two recipes, each trained at the same seeds (runs_a[k] and runs_b[k] at seed k): the
+    seed-averaged difference with its two-level interval (metrics.seed_averaged_difference)."""
+    res = paired_runs_over_seeds(runs_a, runs_b, reps)
+    res.update({"run_a": [str(r) for r in runs_a], "run_b": [str(r) for r in runs_b]})
+    boot = np.array(res.pop("bootstrap"))
+    atomic_write_json(Path(out) / COMPARE, res)
+    _compare_plot(Path(out) / COMPARE_PLOT, boot, res)
+    return res
+
+
 def paired_runs(run_a: Path, run_b: Path, reps: int = 2000) -> dict:
     """`metrics.paired_auc_difference` of two run folders' predictions, checked to score the same exams."""
     _, y, qa, qb = _paired_predictions(run_a, run_b)
