@@ -14,6 +14,7 @@ init and against the CNN.
     python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own,auto]
                                   [--train 400 --valid 120 --size 256] [--pretrain train.epochs=24]
                                   [--set data.roi=knee] [--encoder varied=ENCODER.safetensors ...] [--seeds 0,1,2]
+                                  [--variant dp0 model.drop_path=0 ...]
 
 `--seeds` trains every arm at each training seed (train.seed: the held-out fifth that picks the epoch, the
 members' seeds, the batch order) and averages each paired difference over them. At CPU scale one recipe at two
@@ -22,7 +23,8 @@ chosen by the seed-averaged difference's two-level interval (`ci95`: seeds, then
 holds the exams' noise alone. The own pretraining runs once per target.
 
 `--encoder NAME=PATH` adds an arm NAME: the demo's GMML recipe from that encoder (a candidate shipped encoder,
-pretrained on selection families), paired against random init, the CNN and the shipped encoder.
+pretrained on selection families), paired against random init, the CNN and the shipped encoder. `--variant NAME
+KEY=VALUE ...` adds an arm NAME: the GMML arm with those overrides (a candidate recipe change), paired likewise.
 
 Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
 `--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
@@ -70,12 +72,14 @@ def run_folder(work: Path, arm: str, seed: int | None) -> Path:
 
 
 def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_args: list[str],
-             encoders: dict[str, str] | None = None, seeds: list[int] | None = None) -> dict[str, list[Path]]:
-    """Each arm's run folders, one per training seed (finished runs are kept: the benchmark resumes). The own
-    pretraining runs once: the seeds vary the fine-tuning (held-out fifth, members, batch order)."""
-    runs, encoders = {}, encoders or {}
-    for arm in [*arms, *encoders]:
-        extra = [f"init={encoders[arm]}"] if arm in encoders else OVERRIDES[arm]
+             extra_arms: dict[str, list[str]] | None = None, seeds: list[int] | None = None
+             ) -> dict[str, list[Path]]:
+    """Each arm's run folders, one per training seed (finished runs are kept: the benchmark resumes); extra_arms
+    maps more arms to their overrides of finetune/demo. The own pretraining runs once: the seeds vary the
+    fine-tuning (held-out fifth, members, batch order)."""
+    runs, extra_arms = {}, extra_arms or {}
+    for arm in [*arms, *extra_arms]:
+        extra = extra_arms.get(arm, OVERRIDES.get(arm))
         if arm == "own":
             pre = work / "pretrain-own"
             if not (pre / ENCODER).exists():
@@ -134,6 +138,9 @@ def main() -> None:
     ap.add_argument("--pretrain", nargs="*", default=[], help="overrides for the own pretraining")
     ap.add_argument("--encoder", nargs="*", default=[], metavar="NAME=PATH",
                     help="extra arms: the GMML recipe from these encoders")
+    ap.add_argument("--variant", nargs="+", action="append", default=[], metavar=("NAME", "KEY=VALUE"),
+                    help="an extra arm NAME: the GMML arm with these overrides (a candidate recipe change), paired "
+                         "with it; repeat for more")
     ap.add_argument("--seeds", help="training seeds, e.g. 0,1,2: every arm at each; differences averaged over them")
     ap.add_argument("--name", default="transfer")
     ap.add_argument("--out-json", help="write the result here instead of results/transfer.json and RESULTS.md")
@@ -141,21 +148,25 @@ def main() -> None:
     work, arms = Path(a.work), [x for x in a.arms.split(",") if x]
     unknown = [x for x in arms if x not in OVERRIDES]
     encoders = dict(e.split("=", 1) for e in a.encoder)
-    if unknown or any(not v for v in encoders.values()):
-        ap.error(f"unknown arms {unknown} (known: {', '.join(OVERRIDES)}); --encoder takes NAME=PATH")
+    variants = {v[0]: [*OVERRIDES["gmml"], *v[1:]] for v in a.variant}
+    if unknown or any(not v for v in encoders.values()) or any(len(v) < 2 or "=" in v[0] for v in a.variant):
+        ap.error(f"unknown arms {unknown} (known: {', '.join(OVERRIDES)}); --encoder takes NAME=PATH, "
+                 "--variant NAME KEY=VALUE ...")
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     if seeds and any(o.startswith("train.seed=") for o in a.set):
         ap.error("--seeds sets train.seed: leave it out of --set")
-    pairs = [*PAIRS, *((e, other) for e in encoders for other in ("scratch", "cnn", "gmml"))]
+    extra_arms = {**{e: [f"init={p}"] for e, p in encoders.items()}, **variants}
+    pairs = [*PAIRS, *((e, other) for e in extra_arms for other in ("gmml", "scratch", "cnn"))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
     result, summary = {}, []
     for name, root in targets.items():
         root = root or target_root(work, name, a)
-        runs = run_arms(root, work / name, arms, a.set, a.pretrain, encoders, seeds)
+        runs = run_arms(root, work / name, arms, a.set, a.pretrain, extra_arms, seeds)
         result[name] = target_row(runs, pairs)
         summary.append(f"{name}: " + "; ".join(summary_cell(k, v) for k, v in result[name].items()))
         print(summary[-1], flush=True)
-    res = {"targets": result, "set": a.set, "pretrain": a.pretrain, "encoders": encoders, "seeds": seeds}
+    res = {"targets": result, "set": a.set, "pretrain": a.pretrain, "encoders": encoders, "variants": variants,
+           "seeds": seeds}
     if a.out_json:
         Path(a.out_json).write_text(json.dumps(res, indent=2) + "\n")
     else:

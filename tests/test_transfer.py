@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from sbssl.evaluation.report_files import read_predictions
 
@@ -23,14 +24,15 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
                           "--train", "10", "--valid", "8", "--size", "48", "--set", *small, "data.roi=knee",
                           "--pretrain", "train.batch_size=16", "train.recon_every=0",
                           "--encoder", f"again={tmp_path / 'mixed' / 'pretrain-own' / 'encoder.safetensors'}",
-                          "--seeds", "0,1", "--out-json", str(tmp_path / "r.json")],
+                          "--variant", "slow", "train.lr=1e-6", "--seeds", "0,1",
+                          "--out-json", str(tmp_path / "r.json")],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "r.json").read_text())["targets"]["mixed"]
     synth = json.loads((tmp_path / "data-mixed-48" / "MRNet-v1.0" / "findings" / "synth.json").read_text())
     assert synth["spec"]["family"] == "mixed" and synth["spec"]["seed"] == 5
     assert (tmp_path / "mixed" / "pretrain-own" / "encoder.safetensors").is_file()
-    for arm in ("gmml", "scratch", "cnn", "own", "again"):
+    for arm in ("gmml", "scratch", "cnn", "own", "again", "slow"):
         for seed, name in enumerate((f"finetune-{arm}", f"finetune-{arm}-seed1")):  # seed 0 keeps the old name
             run = tmp_path / "mixed" / name
             cases, _, _ = read_predictions(run / "predictions.csv")
@@ -39,9 +41,11 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
             info = json.loads((run / "run.json").read_text())
             assert info["preprocessing"]["roi"] == "knee"  # --set reached it
             assert arm not in ("own", "again") or "pretrain-own" in info["init"]  # one own pretraining for all seeds
+            asked = OmegaConf.load(run / "config.yaml")
+            assert (asked.train.lr == 1e-6) == (arm == "slow") and (arm != "slow" or "gmml" in info["init"])
         assert out[arm]["auc"] == pytest.approx(np.mean(out[arm]["auc_per_seed"]))
     for pair in ("gmml-scratch", "own-scratch", "gmml-cnn", "own-cnn", "own-gmml", "again-scratch", "again-cnn",
-                 "again-gmml"):
+                 "again-gmml", "slow-gmml", "slow-scratch"):
         a, b = pair.split("-")
         per_seed = np.subtract(out[a]["auc_per_seed"], out[b]["auc_per_seed"])
         assert out[pair]["per_seed"] == pytest.approx(per_seed, abs=1e-9)
