@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -64,10 +67,40 @@ def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
     return out
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `sbssl ARGS` in a fresh process, as a user would."""
-    return subprocess.run([sys.executable, "-m", "sbssl.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
+class _WarmCli:
+    """tests/warm_cli.py, started on the first CLI run of the session: each run a child forked from it."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def run(cls, argv: list[str], cwd: Path | None, timeout: int) -> subprocess.CompletedProcess:
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_cli.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            atexit.register(cls.proc.kill)
+        with tempfile.TemporaryDirectory() as d:
+            req = {"argv": argv, "cwd": str(cwd) if cwd else None, "env": dict(os.environ), "timeout": timeout,
+                   "stdout": f"{d}/stdout", "stderr": f"{d}/stderr"}
+            cls.proc.stdin.write(json.dumps(req) + "\n")
+            cls.proc.stdin.flush()
+            line = cls.proc.stdout.readline()
+            assert line, f"tests/warm_cli.py ended (exit {cls.proc.wait()})"
+            reply = json.loads(line)
+            out, err = Path(d, "stdout").read_text(), Path(d, "stderr").read_text()
+        if reply["timed_out"]:
+            raise subprocess.TimeoutExpired(argv, timeout, out, err)
+        return subprocess.CompletedProcess(argv, reply["rc"], out, err)
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, fresh: bool = False
+            ) -> subprocess.CompletedProcess:
+    """Run `sbssl ARGS` as a user would: in its own process, forked from a warm one that has imported torch and
+    the rest (tests/warm_cli.py), or with `fresh` a new interpreter (a DDP launcher re-executes itself)."""
+    argv = [*map(str, args)]
+    if not fresh:
+        return _WarmCli.run(argv, cwd, timeout)
+    return subprocess.run([sys.executable, "-m", "sbssl.cli", *argv], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
 
 
 def assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:

@@ -162,7 +162,7 @@ def test_two_process_ddp_matches_one_process(tiny_set: Path, tmp_path: Path, mon
     pretrain(load_config(None, [*common, "train.batch_size=16"]), tiny_set, tmp_path / "one")  # one process
     monkeypatch.setenv("MASTER_PORT", env_port)  # the launcher's rendezvous port; restored after the test
     two = run_cli("pretrain", "--data", tiny_set, "--out", tmp_path / "two", *common, "train.batch_size=8",
-                  "trainer.devices=2", "trainer.strategy=ddp")
+                  "trainer.devices=2", "trainer.strategy=ddp", fresh=True)  # the launcher re-executes itself
     assert two.returncode == 0, two.stderr
     la, lb = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert la == pytest.approx(lb, rel=1e-4)
