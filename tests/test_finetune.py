@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,14 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from sbssl.config import load_config
 from sbssl.data.datasets import resample_index
-from sbssl.engine.finetune import choose_on_heldout
-from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
+from sbssl.engine.finetune import choose_on_heldout, member_splits
+from sbssl.engine.sampling import (
+    holdout_can_rank,
+    labelled_subset,
+    oversampled_order,
+    stratified_folds,
+    stratified_holdout,
+)
 from sbssl.errors import SbsslError
 from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_difference, seed_averaged_difference
 from sbssl.evaluation.report_files import paired_runs_over_seeds, read_predictions, write_predictions
@@ -100,6 +107,28 @@ def test_holdout_is_stratified_and_disjoint():
     assert labels[held].sum() == 2 and (labels[held] == 0).sum() == 6
 
 
+def test_stratified_folds_partition_every_class_evenly():
+    labels = np.array([1] * 11 + [0] * 29)
+    fold = stratified_folds(labels, 5, seed=0)
+    pos, neg = np.bincount(fold[labels == 1], minlength=5), np.bincount(fold[labels == 0], minlength=5)
+    assert pos.max() - pos.min() <= 1 and neg.max() - neg.min() <= 1 and pos.min() >= 2  # balanced, none empty
+    assert np.array_equal(fold, stratified_folds(labels, 5, seed=0))
+    assert not np.array_equal(fold, stratified_folds(labels, 5, seed=1))
+
+
+def test_member_holdout_gives_each_member_its_own_fold_and_shared_one_part():
+    labels = np.array([1] * 40 + [0] * 160)
+    used = np.arange(200)[::-1]  # labelled_subset's order need not be sorted
+    shared = member_splits(load_config(None, ["finetune.ensemble=5"]), labels, used)
+    assert all(np.array_equal(h, shared[0][1]) for _, h in shared) and len(shared[0][1]) == 40
+    member = member_splits(load_config(None, ["finetune.ensemble=7", "finetune.holdout=member"]), labels, used)
+    helds = [set(h) for _, h in member]
+    assert helds[5] == helds[0] and helds[6] == helds[1]  # member m holds out fold m mod 5
+    assert set().union(*helds[:5]) == set(used) and sum(map(len, helds[:5])) == 200  # the folds partition
+    for fit, held in member:
+        assert not set(fit) & set(held) and len(fit) + len(held) == 200 and labels[held].sum() == 8
+
+
 def test_heldout_part_chooses_only_when_it_can_rank():
     """select=auto: a held-out fifth chooses the epoch only when it holds min_heldout exams of each class."""
     few, many = np.array([1] * 9 + [0] * 41), np.array([1] * 37 + [0] * 163)  # 50 and 200 labels at 18.4%
@@ -127,6 +156,26 @@ def test_too_few_labels_to_choose_by_fit_every_exam_and_keep_the_last_epoch(tiny
 
     with safe_open(str(out / "model-0.safetensors"), "pt") as f:
         assert f.metadata()["best_epoch"] == "1"
+
+
+def test_member_holdout_trains_each_member_on_the_others_folds_and_fusion_refuses_it(tiny_set: Path,
+                                                                                      tmp_path: Path):
+    out = tmp_path / "folds"
+    finetune(load_config(None, [*TINY_VIT, *FT, "finetune.ensemble=2", "init=scratch", "finetune.select=auc",
+                                "finetune.holdout=member", "finetune.val_fraction=0.5"]), tiny_set, out)
+    split = json.loads((out / "split.json").read_text())
+    a, b = (set(split["members"][s]) for s in ("0", "1"))
+    assert split["held_out"] == [] and not a & b and len(a | b) == len(split["fit"]) == 24  # two halves
+    for seed, held in (("0", a), ("1", b)):
+        meta = safe_open_meta(out / f"model-{seed}.safetensors")
+        assert int(meta["heldout_exams"]) == len(held) and math.isfinite(float(meta["heldout_auc"]))
+    from sbssl.evaluation.fusion import check_runs
+
+    other = tmp_path / "coronal"  # the same run standing in for a second plane
+    shutil.copytree(out, other)
+    (other / "config.yaml").write_text((out / "config.yaml").read_text().replace("sagittal", "coronal"))
+    with pytest.raises(SbsslError, match="finetune.holdout=shared"):
+        check_runs([out, other])
 
 
 def test_labelled_subsets_are_stratified_and_nested():

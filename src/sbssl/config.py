@@ -125,6 +125,10 @@ class FinetuneConfig:
     select: str = "auto"  # auc (best held-out AUC) | last (no held-out part: every labelled exam fits, the last
     # epoch kept) | auto: auc when the held-out part would hold min_heldout exams of each class, else last
     min_heldout: int = 5
+    # shared: one stratified part chooses every member's epoch (fusion fits on it) | member: member m holds out
+    # fold m of a stratified k-fold, k = round(1 / val_fraction), so that each member chooses its epoch on its own
+    # exams and every labelled exam trains k - 1 of k members (a cross-validation ensemble)
+    holdout: str = "shared"
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
     # from an encoder: its batch norms (a ViT's conv stem) normalise by their running statistics, re-estimated on
     # the clean slices, in fine-tuning too instead of by each batch of a few exams (as detection freezes them)
@@ -165,6 +169,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "model.name": (*VITS, *CNNS),
         "finetune.aggregator": AGGREGATORS.names(),
         "finetune.select": ("auc", "last", "auto"),
+        "finetune.holdout": ("shared", "member"),
         "finetune.slice_feature": SLICE_FEATURES.names(),
         "model.stem": STEMS.names(),
         "model.conv_masking": ("sparse", "dense"),

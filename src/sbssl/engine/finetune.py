@@ -33,7 +33,13 @@ from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.probe import fit_readout
 from sbssl.engine.run_log import RunLog
 from sbssl.engine.runtime import seed_everything
-from sbssl.engine.sampling import holdout_can_rank, labelled_subset, oversampled_order, stratified_holdout
+from sbssl.engine.sampling import (
+    holdout_can_rank,
+    labelled_subset,
+    oversampled_order,
+    stratified_folds,
+    stratified_holdout,
+)
 from sbssl.engine.schedules import param_groups
 from sbssl.engine.tasks import ExamTask
 from sbssl.errors import SbsslError
@@ -63,18 +69,19 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if len(np.unique(labels)) < 2:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
     used = labelled_subset(labels, cfg.finetune.labels, cfg.train.seed)
-    if choose_on_heldout(cfg, labels[used]):  # the held-out part chooses the epoch (LP-FT: the read-out is one)
-        fit, held = (used[i] for i in stratified_holdout(labels[used], cfg.finetune.val_fraction, cfg.train.seed))
-    else:  # nothing to choose, or too few exams to choose by: every labelled exam fits (9 positives in 50, not 7)
-        fit, held = used, used[:0]
+    splits = member_splits(cfg, labels, used)
+    fit, held = splits[0] if cfg.finetune.holdout == "shared" else (used, used[:0])
     if rank0:
         atomic_write_text(out / CONFIG, to_yaml(asked))  # as the user asked; what the encoder set is in run.json
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
                                       "init": f"{init.tag}:{init.path}" if init is not None else "scratch",
                                       "architecture": init.architecture() if init is not None else {}})
-        atomic_write_text(out / SPLIT, json.dumps({"fit": [records[i].case for i in fit],
-                                                  "held_out": [records[i].case for i in held]}) + "\n")
-    for m in range(cfg.finetune.ensemble):
+        split = {"fit": [records[i].case for i in fit], "held_out": [records[i].case for i in held]}
+        if cfg.finetune.holdout == "member":  # what each member held out; no exam is held out from all of them
+            split["members"] = {str(cfg.train.seed + m): [records[i].case for i in h] for m, (_, h) in
+                                enumerate(splits)}
+        atomic_write_text(out / SPLIT, json.dumps(split) + "\n")
+    for m, (fit, held) in enumerate(splits):
         seed = cfg.train.seed + m
         path = out / model_file(seed)
         if path.exists():
@@ -86,6 +93,20 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
             atomic_write(path, lambda p, s=state, md=meta: save_file(s, str(p), metadata=md))
         fabric.barrier()
     return out
+
+
+def member_splits(cfg: DictConfig, labels: np.ndarray, used: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each member's (fit, held-out) exam indices: one stratified held-out part for all (`finetune.holdout=shared`)
+    or, with `member`, member m's held-out part is fold m mod k of a stratified k-fold of the labelled exams."""
+    f, n = cfg.finetune, cfg.finetune.ensemble
+    if not choose_on_heldout(cfg, labels[used]):  # nothing to choose, or too few to choose by: all exams fit
+        return [(used, used[:0])] * n
+    if f.holdout == "shared":
+        fit, held = (used[i] for i in stratified_holdout(labels[used], f.val_fraction, cfg.train.seed))
+        return [(fit, held)] * n
+    k = max(2, round(1 / f.val_fraction))  # choose_on_heldout: every fold holds min_heldout of each class
+    fold = stratified_folds(labels[used], k, cfg.train.seed)
+    return [(used[fold != m % k], used[fold == m % k]) for m in range(n)]
 
 
 def choose_on_heldout(cfg: DictConfig, y: np.ndarray) -> bool:
@@ -182,7 +203,8 @@ class _Member:
         """The kept epoch's weights (contiguous, for safetensors) and what chose them."""
         state = self.best["state"] if self.best["state"] is not None else copy.deepcopy(self.model.state_dict())
         return ({k: v.contiguous() for k, v in state.items()},
-                {"best_epoch": self.best["epoch"], "heldout_auc": self.best["auc"]})
+                {"best_epoch": self.best["epoch"], "heldout_auc": self.best["auc"],
+                 "heldout_exams": len(self.data.held)})
 
 
 def train_member(cfg: DictConfig, pre: Preprocessing, fabric, data: Labelled, seed: int,

@@ -23,6 +23,17 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(held))
 
 
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Each exam's fold in 0..k-1, every class dealt round the folds in a seeded order, so that every fold keeps
+    the class balance (as sklearn's StratifiedKFold, which refuses a class with fewer than k exams)."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for c in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold[idx] = (np.arange(len(idx)) + rng.integers(k)) % k  # a random first fold: no fold gets every extra
+    return fold
+
+
 def holdout_can_rank(labels: np.ndarray, fraction: float, min_per_class: int) -> bool:
     """Whether a stratified held-out `fraction` of these labels holds `min_per_class` exams of each class. Below
     that its AUC moves in steps of 1/(positives x negatives) and choosing an epoch on it is a coin toss (at 25

@@ -63,8 +63,9 @@ def check_runs(runs: list[Path]) -> tuple[list, str, list[str]]:
                              "the same train.seed, finetune.labels and finetune.val_fraction")
     if not held[0]:
         raise SbsslError(f"fuse: {runs[0]} held out no train exams (a read-out alone, train.epochs=0, or "
-                         "finetune.select=last, or too few labels for auto, fits on all of them); train the plane "
-                         "runs with train.epochs >= 1 and finetune.select=auc to fuse them")
+                         "finetune.select=last, or too few labels for auto, fits on all of them; "
+                         "finetune.holdout=member holds out other exams per member); train the plane runs with "
+                         "train.epochs >= 1, finetune.select=auc and finetune.holdout=shared to fuse them")
     if len(set(held[0])) < 4:
         raise SbsslError(f"fuse: {runs[0]} held out {len(held[0])} train exams; too few to fit the fusion")
     return cfgs, tasks.pop(), held[0]
