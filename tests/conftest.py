@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import subprocess
@@ -67,40 +68,70 @@ def ft_run(tiny_set: Path, gmml_run: Path, tmp_path_factory) -> Path:
     return out
 
 
+class WarmRun:
+    """One CLI run forked from tests/warm_cli.py: its pid (to signal, as a test would a Popen) and its result."""
+
+    def __init__(self, server: subprocess.Popen, argv: list[str], outdir: tempfile.TemporaryDirectory, timeout: int):
+        self.server, self.argv, self.outdir, self.timeout = server, argv, outdir, timeout
+        self.pid, self.result = int(self._reply()["pid"]), None
+
+    def _reply(self) -> dict:
+        line = self.server.stdout.readline()
+        assert line, f"tests/warm_cli.py ended (exit {self.server.wait()})"
+        return json.loads(line)
+
+    def wait(self) -> subprocess.CompletedProcess:
+        """The run's exit code (minus the signal that ended it), stdout and stderr, as subprocess.run gives them."""
+        if self.result is None:
+            reply, d = self._reply(), self.outdir.name
+            out, err = Path(d, "stdout").read_text(), Path(d, "stderr").read_text()
+            self.outdir.cleanup()
+            self.result = (subprocess.TimeoutExpired(self.argv, self.timeout, out, err) if reply["timed_out"] else
+                           subprocess.CompletedProcess(self.argv, reply["rc"], out, err))
+        if isinstance(self.result, subprocess.TimeoutExpired):
+            raise self.result
+        return self.result
+
+
 class _WarmCli:
     """tests/warm_cli.py, started on the first CLI run of the session: each run a child forked from it."""
 
     proc: subprocess.Popen | None = None
+    last: WarmRun | None = None
 
     @classmethod
-    def run(cls, argv: list[str], cwd: Path | None, timeout: int) -> subprocess.CompletedProcess:
+    def start(cls, argv: list[str], cwd: Path | None, env: dict[str, str], timeout: int) -> WarmRun:
+        if cls.last is not None:  # a test that failed before waiting: its reply comes first
+            with contextlib.suppress(subprocess.TimeoutExpired, AssertionError):
+                cls.last.wait()
         if cls.proc is None or cls.proc.poll() is not None:
             cls.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("warm_cli.py"))],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             atexit.register(cls.proc.kill)
-        with tempfile.TemporaryDirectory() as d:
-            req = {"argv": argv, "cwd": str(cwd) if cwd else None, "env": dict(os.environ), "timeout": timeout,
-                   "stdout": f"{d}/stdout", "stderr": f"{d}/stderr"}
-            cls.proc.stdin.write(json.dumps(req) + "\n")
-            cls.proc.stdin.flush()
-            line = cls.proc.stdout.readline()
-            assert line, f"tests/warm_cli.py ended (exit {cls.proc.wait()})"
-            reply = json.loads(line)
-            out, err = Path(d, "stdout").read_text(), Path(d, "stderr").read_text()
-        if reply["timed_out"]:
-            raise subprocess.TimeoutExpired(argv, timeout, out, err)
-        return subprocess.CompletedProcess(argv, reply["rc"], out, err)
+        d = tempfile.TemporaryDirectory()
+        req = {"argv": argv, "cwd": str(cwd) if cwd else None, "env": env, "timeout": timeout,
+               "stdout": f"{d.name}/stdout", "stderr": f"{d.name}/stderr"}
+        cls.proc.stdin.write(json.dumps(req) + "\n")
+        cls.proc.stdin.flush()
+        cls.last = WarmRun(cls.proc, argv, d, timeout)
+        return cls.last
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, fresh: bool = False
-            ) -> subprocess.CompletedProcess:
-    """Run `sbssl ARGS` as a user would: in its own process, forked from a warm one that has imported torch and
-    the rest (tests/warm_cli.py), or with `fresh` a new interpreter (a DDP launcher re-executes itself)."""
-    argv = [*map(str, args)]
+def start_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+              ) -> WarmRun:
+    """Start `sbssl ARGS` in its own process forked from a warm one that has imported torch and the rest
+    (tests/warm_cli.py), with os.environ updated by `env`; `.wait()` for its result. One run at a time."""
+    return _WarmCli.start([*map(str, args)], cwd, {**os.environ, **(env or {})}, timeout)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `sbssl ARGS` as a user would, in its own process (`start_cli`), or with `fresh` a new interpreter (a
+    DDP launcher re-executes itself)."""
     if not fresh:
-        return _WarmCli.run(argv, cwd, timeout)
-    return subprocess.run([sys.executable, "-m", "sbssl.cli", *argv], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+        return start_cli(*args, cwd=cwd, env=env, timeout=timeout).wait()
+    return subprocess.run([sys.executable, "-m", "sbssl.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 def assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:

@@ -7,6 +7,7 @@ drawn from SBSSL_FAULT_SEED (default 0) and printed, so a failure can be replaye
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 
 from sbssl.engine import checkpoint as ckpt
 
-from .conftest import FT, TINY_VIT
+from .conftest import FT, TINY_VIT, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 CRASH = Path(__file__).with_name("crash_run.py")
@@ -33,8 +34,8 @@ def _cmd(args: list) -> list[str]:
 
 
 def _run(args: list, kill: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SBSSL_KILL": kill or ""}
-    return subprocess.run(_cmd(args), capture_output=True, text=True, env=env, timeout=600)
+    """`sbssl ARGS` in its own process (forked from the warm one), killed at `kill` (tests/crash_run.py)."""
+    return run_cli(*args, env={"SBSSL_KILL": kill or ""})
 
 
 def _log(out: Path) -> list[dict]:
@@ -42,16 +43,25 @@ def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def _alive(pid: int) -> bool:
+    """Until warm_cli.py reaps it (within 10 ms of its end): a run that ends early reports its own exit code."""
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _kill_after_progress(args: list, out: Path, delay: float) -> int:
     """Start the run, wait for its first logged epoch, then `kill -9` it `delay` seconds later."""
-    p = subprocess.Popen(_cmd(args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         env={**os.environ, "SBSSL_KILL": ""})
+    run = start_cli(*args, env={"SBSSL_KILL": ""})
     t0 = time.monotonic()
-    while not _log(out) and p.poll() is None and time.monotonic() - t0 < 300:
+    while not _log(out) and _alive(run.pid) and time.monotonic() - t0 < 300:
         time.sleep(0.05)
     time.sleep(delay)
-    p.send_signal(signal.SIGKILL)
-    return p.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(run.pid, signal.SIGKILL)
+    return run.wait().returncode
 
 
 def _same_files(a: Path, b: Path) -> None:

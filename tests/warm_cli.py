@@ -5,10 +5,11 @@ timm and scikit-learn before doing milliseconds of work on a tiny set. A child f
 starts with those modules loaded and nothing else in common with its siblings: its own pid, working directory,
 environment, stdin (empty), stdout and stderr files and exit status, as `python -m sbssl.cli ARGS` would have.
 What a child cannot do is re-execute itself (a DDP launcher does): those runs take a fresh process
-(`run_cli(..., fresh=True)`), as do the tests of installation, kills and the launcher.
+(`run_cli(..., fresh=True)`), as do the tests of installation and the DDP launcher.
 
-Protocol, one JSON line each way on stdin/stdout: {"argv", "cwd", "env", "stdout", "stderr", "timeout"} ->
-{"rc", "timed_out"}; rc is the child's exit code, or minus the signal that ended it (subprocess's convention).
+Protocol, JSON lines on stdin/stdout: {"argv", "cwd", "env", "stdout", "stderr", "timeout"} -> {"pid"} once the
+child is forked, then {"rc", "timed_out"}; rc is the child's exit code, or minus the signal that ended it
+(subprocess's convention). With SBSSL_KILL in env the child installs tests/crash_run.py's kill point first.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def _child(req: dict) -> int:
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    if os.environ.get("SBSSL_KILL"):  # tests/crash_run.py's kill point, installed as that script does
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        importlib.import_module("crash_run").install(os.environ["SBSSL_KILL"])
     sys.argv = [sys.modules["sbssl.cli"].__file__, *req["argv"]]
     try:
         rc = _exit_code(sys.modules["sbssl.cli"].main(req["argv"]))
@@ -85,6 +89,7 @@ def serve() -> None:
                 rc = _child(req)
             finally:
                 os._exit(rc)
+        os.write(1, (json.dumps({"pid": pid}) + "\n").encode())  # a test may signal it, as it would a Popen
         rc, timed_out = _wait(pid, req["timeout"])
         os.write(1, (json.dumps({"rc": rc, "timed_out": timed_out}) + "\n").encode())
 
