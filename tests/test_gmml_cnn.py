@@ -121,8 +121,10 @@ def test_resnet18_is_a_cnn_encoder_for_gmml_the_jigsaw_and_grad_cam(tiny_set: Pa
     res = ["model.name=resnet18", "train.max_steps=2"]
     pre = pretrain(load_config("pretrain/gmml_cnn_cpu", [*CNN, *res, "model.conv_masking=sparse", "mask.align=8",
                                                          "train.epochs=1"]), tiny_set, tmp_path / "pre")
-    jig = pretrain(load_config("pretrain/jigsaw_cpu", [*CNN, *res, "jigsaw.permutations=10", "train.epochs=1"]),
-                   tiny_set, tmp_path / "jig")
+    # fp32: in the full suite on a cold /tmp/torchinductor_root this bf16 run's first loss came out NaN (twice,
+    # 2026-12-06; never alone or in parts of the suite); the plumbing is what is tested here, not bf16 numerics
+    jig = pretrain(load_config("pretrain/jigsaw_cpu", [*CNN, *res, "jigsaw.permutations=10", "train.epochs=1",
+                                                       "trainer.precision=32-true"]), tiny_set, tmp_path / "jig")
     enc = encoder_init(str(pre))
     model = build_classifier(enc.configure(load_config("finetune/demo", [f"init={pre}"])), enc)
     assert isinstance(model.encoder, ResNet18Encoder) and model.encoder.img_size == 16
