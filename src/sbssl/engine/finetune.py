@@ -70,13 +70,13 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         raise SbsslError(f"{root}: the train split has only one class for task '{cfg.data.task}'")
     used = labelled_subset(labels, cfg.finetune.labels, cfg.train.seed)
     splits = member_splits(cfg, labels, used)
-    fit, held = splits[0] if cfg.finetune.holdout == "shared" else (used, used[:0])
+    common_fit, common_held = splits[0] if cfg.finetune.holdout == "shared" else (used, used[:0])
     if rank0:
         atomic_write_text(out / CONFIG, to_yaml(asked))  # as the user asked; what the encoder set is in run.json
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
                                       "init": f"{init.tag}:{init.path}" if init is not None else "scratch",
                                       "architecture": init.architecture() if init is not None else {}})
-        split = {"fit": [records[i].case for i in fit], "held_out": [records[i].case for i in held]}
+        split = {"fit": [records[i].case for i in common_fit], "held_out": [records[i].case for i in common_held]}
         if cfg.finetune.holdout == "member":  # what each member held out; no exam is held out from all of them
             split["members"] = {str(cfg.train.seed + m): [records[i].case for i in h] for m, (_, h) in
                                 enumerate(splits)}
