@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from sbssl import workflow
 from sbssl.config import load_config
 from sbssl.engine.pretrain import pretrain
+from sbssl.engine.schedules import apply_schedule, hold, param_groups
 from sbssl.errors import SbsslError
 from sbssl.synth import SynthSpec, generate
 from sbssl.weights import builtin_path
@@ -39,6 +40,35 @@ def test_continued_pretraining_starts_from_the_encoder_and_keeps_its_record(gmml
     assert run["init"] == f"gmml:{gmml_run / 'encoder.safetensors'}"
     record = json.loads((gmml_run / "run.json").read_text())["preprocessing"]
     assert run["preprocessing"] == record  # the encoder's intensity statistics, not this run's own
+
+
+def test_held_encoder_waits_while_the_fresh_decoder_trains(gmml_run: Path, tiny_set: Path, tmp_path: Path):
+    """train.hold_epochs: continued pretraining leaves the encoder exactly as loaded while the decoder learns,
+    and releases it afterwards."""
+    over = ["trainer.accelerator=cpu", "train.epochs=1", "train.batch_size=16", "train.recon_every=0",
+            "train.warmup_epochs=0", "train.lr=5e-2", f"init={gmml_run}"]
+    start = load_file(gmml_run / "encoder.safetensors")
+    held = pretrain(load_config(None, [*over, "train.hold_epochs=1"]), tiny_set, tmp_path / "held")
+    pretrain(load_config(None, [*over, "train.lr=1e-12"]), tiny_set, tmp_path / "still")
+    assert all(torch.equal(load_file(held)[k], start[k]) for k in start)  # not one bit moved
+
+    def decoder(run: Path) -> dict[str, torch.Tensor]:
+        model = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+        return {k: v for k, v in model.items() if not k.startswith("encoder.")}
+
+    a, b = decoder(tmp_path / "held"), decoder(tmp_path / "still")
+    assert a and any(not torch.allclose(a[k], b[k], atol=1e-3) for k in a if a[k].is_floating_point())
+
+
+def test_held_groups_get_their_lr_back_at_the_step_named():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    groups = hold(param_groups(model), model[0], steps=3)
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 4 and len(opt.param_groups) == 4  # split, all kept
+    for step, want in ((0, 0.0), (2, 0.0), (3, 0.1)):
+        apply_schedule(opt, 0.1, 0.05, step)
+        held = {g["lr"] for g in opt.param_groups if g.get("hold_steps")}
+        assert held == {want} and {g["lr"] for g in opt.param_groups if not g.get("hold_steps")} == {0.1}
 
 
 def test_auto_init_takes_the_shipped_encoder_on_the_demo_generators_data(tiny_set: Path, tmp_path: Path):

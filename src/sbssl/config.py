@@ -90,6 +90,7 @@ class TrainConfig:
     lr: float = 5e-4  # base lr, scaled by global batch / 256
     min_lr: float = 1e-6
     warmup_epochs: float = 10
+    hold_epochs: float = 0  # continued pretraining (init=ENCODER): the encoder's lr is 0 for this many epochs
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0

@@ -51,7 +51,7 @@ class Trainer:
         t = self.train
         lr = cosine(self.step, self.total, self.lr, t.min_lr, self.warmup)
         wd = cosine(self.step, self.total, t.weight_decay, t.weight_decay_end)
-        apply_schedule(self.opt_f, lr, wd)
+        apply_schedule(self.opt_f, lr, wd, self.step)
         return lr, wd
 
     def pop_history(self) -> list[dict]:

@@ -29,7 +29,7 @@ from sbssl.engine import checkpoint as ckpt
 from sbssl.engine.loop import Trainer, train_one_epoch
 from sbssl.engine.run_log import RunLog
 from sbssl.engine.runtime import cpu_has_bf16, run_in_folder, seed_everything
-from sbssl.engine.schedules import param_groups
+from sbssl.engine.schedules import hold, param_groups
 from sbssl.engine.tasks import GMMLTask, JigsawTask
 from sbssl.errors import SbsslError
 from sbssl.models.build import build_pretext
@@ -128,7 +128,10 @@ def _pretrain(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
                          f"with the encoder's stride, a multiple of {align} (or model.conv_masking=dense)")
     torch.manual_seed(cfg.train.seed + fabric.global_rank)
     lr = cfg.train.lr * global_batch / 256
-    model_f, opt_f = fabric.setup(model, torch.optim.AdamW(param_groups(model), lr=lr))
+    # train.hold_epochs (continued pretraining): the encoder waits while a fresh decoder learns to read it, as
+    # LP-FT fits a head first; otherwise the random decoder's first gradients rewrite the pretrained features
+    groups = hold(param_groups(model), model.encoder, int(cfg.train.hold_epochs * steps_per_epoch))
+    model_f, opt_f = fabric.setup(model, torch.optim.AdamW(groups, lr=lr))
     if cfg.train.compile:
         model_f = torch.compile(model_f)
     total = cfg.train.epochs * steps_per_epoch

@@ -31,6 +31,18 @@ def param_groups(model: nn.Module, layer_decay: float = 1.0, n_layers: int = 0) 
     return [{"params": ps, "apply_wd": d, "lr_scale": s, "weight_decay": 0.0} for (d, s), ps in groups.items()]
 
 
+def hold(groups: list[dict], held: nn.Module, steps: int) -> list[dict]:
+    """`groups` with the parameters of `held` split off into groups held at lr 0 for `steps` optimiser steps."""
+    if steps <= 0:
+        return groups
+    ids, out = {id(p) for p in held.parameters()}, []
+    for g in groups:
+        mine, rest = [p for p in g["params"] if id(p) in ids], [p for p in g["params"] if id(p) not in ids]
+        out += [{**g, "params": mine, "hold_steps": steps}] if mine else []
+        out += [{**g, "params": rest}] if rest else []
+    return out
+
+
 def _layer_id(name: str, n_layers: int) -> int:
     if any(k in name for k in ("cls_token", "pos_embed", "patch_embed", "reg_token")):
         return 0
@@ -40,7 +52,9 @@ def _layer_id(name: str, n_layers: int) -> int:
     return n_layers + 1
 
 
-def apply_schedule(optimizer, lr: float, wd: float) -> None:
+def apply_schedule(optimizer, lr: float, wd: float, step: int = 0) -> None:
+    """Each group's lr and weight decay at this step; a group held until `hold_steps` keeps lr 0 (and, AdamW's
+    decay being scaled by the lr, its weights exactly) until then."""
     for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+        g["lr"] = 0.0 if step < g.get("hold_steps", 0) else lr * g.get("lr_scale", 1.0)
         g["weight_decay"] = wd if g.get("apply_wd", True) else 0.0
