@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--restarts", default="8", help="finetune.probe_restarts values (lbfgs)")
     ap.add_argument("--blocks", default="12", help="read the tokens after this many blocks")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--keep-bn", action="store_true",
+                    help="keep the encoder's batch-norm statistics (no re-estimation on the set's clean slices)")
     ap.add_argument("--name", default="readout_prior")
     a = ap.parse_args()
     t0, root, rows = time.perf_counter(), Path(a.data), []
@@ -77,7 +79,8 @@ def main() -> None:
             for split in ("train", "valid"):
                 caches[split], recs = slice_cache_for(cfg, root, split)
                 labels[split] = np.array([r.label for r in recs])
-            recalibrate_batch_norm(model, caches["train"], np.arange(len(labels["train"])), pre, "cpu")
+            if not a.keep_bn:
+                recalibrate_batch_norm(model, caches["train"], np.arange(len(labels["train"])), pre, "cpu")
             with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
                 for split in caches:
                     tables[split] = slice_feature_table(model, caches[split], np.arange(len(labels[split])), pre,

@@ -1,7 +1,9 @@
 """Where the GMML features hold the tear: read-outs of a *frozen* encoder's tokens, pretrained vs random.
 
     python benchmarks/token_probe.py --data ROOT [--encoder builtin:cpu] [--labels 100,200,0] [--seeds 0,1,2]
-                                     [--plane sagittal] [--no-random] [--roi knee] [--name token_probe]
+                                     [--plane sagittal] [--no-random] [--roi knee] [--within sag_sequence]
+                                     [--img-size 48]
+                                     [--name token_probe]
 
 Every exam's slices (the encoder's region of interest, 8 evenly spaced) go once through the frozen encoder; then
 two read-outs are fitted on n labelled train exams (stratified, nested subsets as in label_efficiency.py) and
@@ -26,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import record  # noqa: E402
+from member_findings import auc_or_nan, read_findings  # noqa: E402
 
 from sbssl.config import load_config  # noqa: E402
 from sbssl.data.cache import slice_cache_for  # noqa: E402
@@ -46,8 +50,8 @@ SLICES, SHARPNESS = 8, 4.0
 
 @torch.no_grad()
 def tokens(enc, cfg, pre: Preprocessing, root: Path, split: str, features: str = "final"
-           ) -> tuple[torch.Tensor, np.ndarray]:
-    """(exams, slices * patches, D) normed patch tokens, and the labels. features="final": the last block's
+           ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """(exams, slices * patches, D) normed patch tokens, the labels and the cases. features="final": the last block's
     (what a classifier reads); "skip": the mean of the GMML skip blocks (what the pretraining decoder reads)."""
     cache, recs = slice_cache_for(cfg, root, split)
     skip = skip_indices([6, 8, 10, 12], len(enc.blocks))
@@ -58,7 +62,24 @@ def tokens(enc, cfg, pre: Preprocessing, root: Path, split: str, features: str =
         t = (enc.forward_features(x) if features == "final"
              else enc.norm(torch.stack(block_outputs(enc, x, skip)).mean(0)))[:, enc.num_prefix_tokens:]
         out.append(t.reshape(-1, SLICES * t.shape[1], t.shape[2]))
-    return torch.cat(out), np.array([r.label for r in recs])
+    return torch.cat(out), np.array([r.label for r in recs]), [r.case for r in recs]
+
+
+def load_resized(init, enc) -> None:
+    """The encoder's weights into `enc`, its position embeddings resampled to `enc`'s grid (bicubic, as timm does
+    when a ViT is fine-tuned at another resolution)."""
+    w = dict(init.weights)
+    grid = enc.patch_embed.grid_size
+    w["pos_embed"] = resample_abs_pos_embed(w["pos_embed"].float(), list(grid), num_prefix_tokens=enc.num_prefix_tokens)
+    enc.load_state_dict(w)
+
+
+def within(root: Path, cases: list[str], knob: str | None) -> np.ndarray:
+    """Each valid exam's value of a generator knob (findings/valid.csv), or one group when none is asked."""
+    if not knob:
+        return np.array([""] * len(cases))
+    findings = read_findings(root)
+    return np.array([findings[c][knob] for c in cases])
 
 
 def standardise(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -104,6 +125,9 @@ def main() -> None:
     ap.add_argument("--features", default="final", choices=("final", "skip"),
                     help="final block's tokens, or the mean of the GMML skip blocks (the decoder's input)")
     ap.add_argument("--roi", help="the region of interest (data.roi: center, knee); default: the encoder's record")
+    ap.add_argument("--img-size", type=int, help="read the region at this size instead of the encoder's own")
+    ap.add_argument("--within", help="also the AUC within each value of this knob of a synthetic set's "
+                    "findings/valid.csv (e.g. sag_sequence)")
     ap.add_argument("--name", default="token_probe", help="results/NAME.json")
     a = ap.parse_args()
     t0, root = time.perf_counter(), Path(a.data)
@@ -112,26 +136,33 @@ def main() -> None:
     pre = replace(init.preprocessing, roi=a.roi) if a.roi else init.preprocessing
     cfg = init.configure(cfg)
     cfg.data.roi = pre.roi
+    if a.img_size:  # the same region at another scale: more pixels per mm, the encoder's grid of positions resized
+        cfg.data.img_size, pre = a.img_size, replace(pre, img_size=a.img_size)
     rows = []
     for weights in ("gmml",) if a.no_random else ("gmml", "random"):
         torch.manual_seed(0)
         enc = build_encoder(cfg).eval()
         if weights == "gmml":
-            init.load_into(enc)
-        tr, ytr = tokens(enc, cfg, pre, root, "train", a.features)
-        va, yva = tokens(enc, cfg, pre, root, "valid", a.features)
+            load_resized(init, enc)
+        tr, ytr, _ = tokens(enc, cfg, pre, root, "train", a.features)
+        va, yva, cases = tokens(enc, cfg, pre, root, "valid", a.features)
+        groups = within(root, cases, a.within)
         for n in [int(v) for v in a.labels.split(",")]:
             for readout, fit in (("pooled", pooled_readout), ("tokens", token_readout)):
-                aucs = []
+                aucs, by_group = [], {}
                 for seed in [int(s) for s in a.seeds.split(",")] if 0 < n < len(ytr) else [0]:
                     idx = labelled_subset(ytr, n, seed)
-                    aucs.append(auc_with_ci(yva, fit(tr[idx], ytr[idx], va), seed=0))
+                    s = fit(tr[idx], ytr[idx], va)
+                    aucs.append(auc_with_ci(yva, s, seed=0))
+                    for g in sorted(set(groups)):
+                        by_group.setdefault(g, []).append(auc_or_nan(yva[groups == g], s[groups == g]))
                 row = {"encoder": weights, "readout": readout, "labels": n or len(ytr),
-                       "auc": [r[0] for r in aucs], "auc_ci95": [r[1] for r in aucs]}
+                       "auc": [r[0] for r in aucs], "auc_ci95": [r[1] for r in aucs],
+                       **({"within": {str(g): v for g, v in by_group.items()}} if a.within else {})}
                 rows.append(row)
                 print(f"{weights:6s} {readout:6s} n={row['labels']:5d} AUC " +
-                      " / ".join(f"{v:.3f}" for v in row["auc"]) + f"  ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
+                      " / ".join(f"{v:.3f}" for v in row["auc"]) + f"  ({time.perf_counter() - t0:.0f} s)" +
+                      "".join(f"  {g} {np.mean(v):.3f}" for g, v in by_group.items()), flush=True)
     summary = "; ".join(f"{r['encoder']} {r['readout']} n={r['labels']} {np.mean(r['auc']):.3f}" for r in rows)
     record(a.name, {"data": str(root), "encoder": a.encoder, "plane": a.plane, "features": a.features, "rows": rows,
                            "seconds": time.perf_counter() - t0}, "python " + " ".join(sys.argv), summary)
