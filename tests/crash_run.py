@@ -56,10 +56,10 @@ def install(spec: str) -> None:
     elif kind == "step":
         real = loop.apply_schedule  # the start of every optimiser step, in both stages
 
-        def apply_schedule(opt, lr, wd):
+        def apply_schedule(*args, **kwargs):
             if hit():
                 _die()
-            return real(opt, lr, wd)
+            return real(*args, **kwargs)
 
         loop.apply_schedule = apply_schedule
     else:
