@@ -35,37 +35,22 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sbssl.data.layout import PLANES, list_exams
+from sbssl.data.layout import list_exams
 from sbssl.data.localise import knee_region
 from sbssl.data.prepare import resize_slices, robust_minmax
 from sbssl.data.volume_io import load_volume
 from sbssl.models.encoder_file import encoder_init
 from sbssl.models.slice_classifier import MRNetCNN
 from sbssl.models.vit import create_encoder
-from sbssl.synth.anatomy import sample_knee
 from sbssl.synth.dataset import assign_labels
-from sbssl.synth.exam import sample_findings
-from sbssl.synth.family import acquisition_grid, draw_acquisition, family, stored_grid, vary_anatomy
+from sbssl.synth.landmarks import replayed_acl_midpoint
 
 SIZE, CROP, SLAB = 32, 0.5, 0.4  # finetune/demo's input
-ACL_FEMUR = np.array([8.0, 14.0, 21.0])  # synth/anatomy.py: _cruciates, the ligament's femoral end
-ACL_TIBIA_LOCAL = (2.0, -10.0, -2.0)  # its tibial end, in the tibia's frame
 
 
 def acl_index(spec: dict, split: str, case: int, labels) -> np.ndarray:
     """(slice, row, col) of the ACL's midpoint in the stored sagittal volume: render_exam's draws replayed."""
-    rng = np.random.default_rng([spec["seed"], case])
-    findings = sample_findings(rng, labels, spec["difficulty"])
-    knee = sample_knee(rng, findings)
-    fam = family(spec["family"])
-    streams = rng.spawn(len(PLANES))
-    knee = vary_anatomy(knee, fam, rng.spawn(1)[0])
-    r = streams[PLANES.index("sagittal")]
-    acq = draw_acquisition(fam, r, spec["size"])
-    grid = stored_grid(acquisition_grid("sagittal", knee, acq, r), spec["size"], acq.reversed)
-    mid = (ACL_FEMUR + knee.tibia.to_world(ACL_TIBIA_LOCAL)) / 2
-    mid[0] *= -1 if knee.mirror else 1  # the phantom is a right knee; a left one is its mirror image
-    return np.linalg.solve(grid.axes, mid - grid.origin)
+    return replayed_acl_midpoint(spec, case, labels)
 
 
 def oracle_crop(vol: np.ndarray, at: np.ndarray, window: float) -> np.ndarray:

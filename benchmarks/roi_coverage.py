@@ -21,15 +21,7 @@ from sbssl.data.localise import knee_region
 from sbssl.data.prepare import roi
 from sbssl.synth.exam import Labels, render_exam
 from sbssl.synth.family import family
-
-
-def acl_index(exam) -> np.ndarray:
-    """(slice, row, col) of the ACL's midpoint in the stored sagittal series."""
-    g, k = exam.grids["sagittal"], exam.knee
-    femoral, tibial = np.array([8.0, 14.0, 21.0]), k.tibia.to_world((2.0, -10.0, -2.0))
-    p = (femoral + tibial) / 2
-    p[0] *= -1 if k.mirror else 1
-    return np.linalg.solve(g.axes, p - g.origin)
+from sbssl.synth.landmarks import acl_midpoint as acl_index
 
 
 def margin(idx: np.ndarray, region: tuple[slice, slice, slice]) -> tuple[float, float]:

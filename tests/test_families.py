@@ -214,17 +214,17 @@ def test_knee_roi_travels_in_the_preprocessing_record_and_the_cache(tmp_path: Pa
     assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
     assert Preprocessing.from_meta(pre.to_meta()) == pre
     knee = pre.prepare(vol)
-    np.testing.assert_array_equal(knee, prepare_volume(vol, 16, 0.5, 0.4, knee=True))
+    np.testing.assert_array_equal(knee, prepare_volume(vol, 16, 0.5, 0.4, mode="knee"))
     assert not np.array_equal(knee, replace(pre, roi="center").prepare(vol))
     root = tmp_path / "MRNet-v1.0"
     generate(root, SynthSpec(train=3, valid=1, size=64, seed=2, workers=1, family="mixed"))
     recs = list_exams(root, "train", "sagittal", "acl")
-    cache = build_cache(recs, 16, tmp_path / "c", "t", 0.5, 0.4, knee=True)
+    cache = build_cache(recs, 16, tmp_path / "c", "t", 0.5, 0.4, mode="knee")
     centre = build_cache(recs, 16, tmp_path / "c", "t", 0.5, 0.4)
     assert len(list((tmp_path / "c").glob("t-16-*.npy"))) == 2  # the mode is part of the cache's key
     from sbssl.data.volume_io import load_volume
 
-    want = np.concatenate([prepare_volume(load_volume(r.path), 16, 0.5, 0.4, knee=True) for r in recs])
+    want = np.concatenate([prepare_volume(load_volume(r.path), 16, 0.5, 0.4, mode="knee") for r in recs])
     np.testing.assert_array_equal(np.asarray(cache.data), want)
     assert not np.array_equal(np.asarray(cache.data)[: len(centre.data)], np.asarray(centre.data)[: len(cache.data)])
 

@@ -30,7 +30,8 @@ class DataConfig:
     img_size: int = 256
     crop: float = 1.0  # region of interest: central fraction of each in-plane side kept (1 = the full field)
     slab: float = 1.0  # region of interest: central fraction of the stack kept (1 = every slice)
-    roi: str = "center"  # center (crop + slab) | knee: crop + slab about the knee (data/localise.py) | box: roi.csv
+    roi: str = "center"  # center (crop + slab) | knee: about the knee (data/localise.py) | acl: a window of crop x the
+    # field about the ACL a shipped localiser finds (data/acl_region.py) | box: roi.csv
     cache_dir: str = ""  # default: ROOT/.sbssl-cache, else ~/.cache/sbssl
     workers: int = 0  # DataLoader worker processes (the cache makes 0 fast enough on CPU)
     mean: float = -1.0  # dataset statistics of [0,1]-scaled slices; -1 = from the train split
@@ -245,6 +246,8 @@ def validate(cfg: DictConfig) -> None:
         ("data.img_size", cfg.data.img_size >= 8, ">= 8"),
         ("data.crop", 0 < cfg.data.crop <= 1, "in (0, 1]"),
         ("data.slab", 0 < cfg.data.slab <= 1, "in (0, 1]"),
+        ("data.roi", cfg.data.roi != "acl" or cfg.data.plane == "sagittal",
+         "not acl outside data.plane=sagittal (the ACL localiser reads sagittal series)"),
         ("model.patch_size", cfg.model.patch_size >= 1 and cfg.data.img_size % cfg.model.patch_size == 0,
          "a divisor of data.img_size"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),

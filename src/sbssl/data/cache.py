@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from sbssl.data.acl_region import localiser_digest
 from sbssl.data.layout import ROI_FILE, ExamRecord, list_exams
 from sbssl.data.localise import knee_region
 from sbssl.data.prepare import Box, prepare_volume, roi
@@ -45,12 +46,13 @@ class SliceCache:
         return self.data[self.offsets[e]: self.offsets[e + 1]]
 
 
-def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float, boxes: bool, knee: bool) -> str:
-    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop}|{slab}{'|knee' if knee else ''}".encode())
+def _fingerprint(records: list[ExamRecord], size: int, crop: float, slab: float, mode: str) -> str:
+    tag = {"knee": "|knee", "acl": f"|acl|{localiser_digest()}"}.get(mode, "")  # new localiser weights: rebuilt
+    h = hashlib.sha1(f"v{CACHE_VERSION}|{size}|{crop}|{slab}{tag}".encode())
     for r in records:
         st = r.path.stat()
         h.update(f"{r.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-        if boxes:
+        if mode == "box":
             h.update(f"|{r.box}".encode())
     return h.hexdigest()[:16]
 
@@ -67,9 +69,9 @@ def default_cache_dir(root: Path) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sbssl"
 
 
-def _n_slices(path: Path, slab: float, box: Box | None = None, knee: bool = False) -> int:
+def _n_slices(path: Path, slab: float, box: Box | None = None, mode: str = "center") -> int:
     vol = load_npy(path, mmap=True) if path.suffix.lower() == ".npy" else load_volume(path)
-    if knee and box is None:  # where the knee lies: the series is read
+    if mode in ("knee", "acl") and box is None:  # where the knee lies: the series is read (acl: its slab too)
         s = knee_region(vol, 1.0, slab)[0]
         return s.stop - s.start
     return int(roi(vol, 1.0, slab, box).shape[0])  # a view: nothing of a memory-mapped volume is read
@@ -86,11 +88,12 @@ def exam_box(record: ExamRecord, boxes: bool) -> Box | None:
 
 
 def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str, crop: float = 1.0,
-                slab: float = 1.0, boxes: bool = False, knee: bool = False) -> SliceCache:
-    """Load the cache for these exams, building it (atomically) when missing or stale; `boxes`: each exam's
-    region of interest is its ROI box; `knee`: it follows the knee (data/localise.py)."""
+                slab: float = 1.0, mode: str = "center") -> SliceCache:
+    """Load the cache for these exams, building it (atomically) when missing or stale; `mode`: data.roi, the
+    region of interest (data/prepare.py: roi)."""
     cache_dir = Path(cache_dir)
-    key = _fingerprint(records, size, crop, slab, boxes, knee)
+    key = _fingerprint(records, size, crop, slab, mode)
+    boxes = mode == "box"
     data_path, meta_path = cache_dir / f"{name}-{size}-{key}.npy", cache_dir / f"{name}-{size}-{key}.json"
     if data_path.exists() and meta_path.exists():
         try:
@@ -99,7 +102,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
                               meta["cases"], meta["mean"], meta["std"])
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt
-    counts = [_n_slices(r.path, slab, exam_box(r, boxes), knee) for r in records]
+    counts = [_n_slices(r.path, slab, exam_box(r, boxes), mode) for r in records]
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     value_sum, square_sum, count = 0.0, 0.0, 0
 
@@ -107,7 +110,7 @@ def build_cache(records: list[ExamRecord], size: int, cache_dir: Path, name: str
         nonlocal value_sum, square_sum, count
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(offsets[-1]), size, size))
         for e, r in enumerate(records):
-            x = prepare_volume(load_volume(r.path), size, crop, slab, exam_box(r, boxes), knee)
+            x = prepare_volume(load_volume(r.path), size, crop, slab, exam_box(r, boxes), mode)
             out[offsets[e]: offsets[e + 1]] = x
             sub = x[:, ::4, ::4].astype(np.float64) / 255.0
             value_sum, square_sum, count = value_sum + sub.sum(), square_sum + (sub * sub).sum(), count + sub.size
@@ -136,7 +139,7 @@ def slice_cache_for(cfg: DictConfig, root: Path, split: str, fabric=None, labell
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
     name = f"{split}-{cfg.data.plane}"
     d = cfg.data
-    args = (records, d.img_size, cache_dir, name, d.crop, d.slab, d.roi == "box", d.roi == "knee")
+    args = (records, d.img_size, cache_dir, name, d.crop, d.slab, str(d.roi))
     if fabric is not None and fabric.world_size > 1:
         if fabric.global_rank == 0:
             build_cache(*args)

@@ -23,9 +23,9 @@ PLANES = ("sagittal", "coronal", "axial")  # MRNet's three series per exam
 ALL_PLANES = "all"  # data.plane for pretraining on the slices of every plane
 TASKS = ("abnormal", "acl", "meniscus")  # MRNet's three labels, in its order
 SPLITS = ("train", "valid")
-# data.roi: the central region (crop, slab); the same region about the knee (data/localise.py); each exam's ROI
-# box (roi.csv)
-ROI_MODES = ("center", "knee", "box")
+# data.roi: the central region (crop, slab); the same region about the knee (data/localise.py); a window about
+# the ACL (data/acl_region.py); each exam's ROI box (roi.csv)
+ROI_MODES = ("center", "knee", "acl", "box")
 log = logging.getLogger("sbssl")
 
 

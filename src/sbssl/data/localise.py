@@ -78,13 +78,23 @@ def knee_box(vol: np.ndarray, step: int = 4) -> KneeBox:
 def knee_region(vol: np.ndarray, crop: float, slab: float) -> tuple[slice, slice, slice]:
     """Index ranges of the region of interest that follows the knee: the central `slab` of the knee's slices
     and a square of side crop / KNEE_FILL limb diameters about the box centre (inside the field)."""
-    n, h, w = vol.shape
     box = knee_box(vol)
+    side = round(crop / KNEE_FILL * box.diameter)
+    return (knee_slab(box, slab),) + square_about(box.centre, side, vol.shape[1:])
+
+
+def knee_slab(box: KneeBox, slab: float) -> slice:
+    """The central `slab` fraction of the knee's slices."""
     a, b = box.slices
     keep = max(1, round(slab * (b - a)))
     s0 = a + (b - a - keep) // 2
-    side = int(np.clip(round(crop / KNEE_FILL * box.diameter), 1, min(h, w)))
-    cr, cc = box.centre
-    r0 = int(np.clip(round(cr - side / 2), 0, h - side))
-    c0 = int(np.clip(round(cc - side / 2), 0, w - side))
-    return slice(s0, s0 + keep), slice(r0, r0 + side), slice(c0, c0 + side)
+    return slice(s0, s0 + keep)
+
+
+def square_about(centre: tuple[float, float], side: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Rows and columns of a square of `side` pixels centred on `centre`, moved inside a field of `shape`."""
+    h, w = shape
+    side = int(np.clip(side, 1, min(h, w)))
+    r0 = int(np.clip(round(centre[0] - side / 2), 0, h - side))
+    c0 = int(np.clip(round(centre[1] - side / 2), 0, w - side))
+    return slice(r0, r0 + side), slice(c0, c0 + side)

@@ -13,18 +13,23 @@ Box = tuple[int, int, int, int, int, int]  # x, y, z, height, width, depth
 
 
 def roi(vol: np.ndarray, crop: float = 1.0, slab: float = 1.0, box: Box | None = None,
-        knee: bool = False) -> np.ndarray:
+        mode: str = "center") -> np.ndarray:
     """The region of interest: the central `slab` fraction of the stack and the central `crop` fraction of
     each side of the field. Knee pipelines centre-crop (MRNet solutions) because the cruciates and menisci sit
     in the middle of a knee series, while its edges hold look-alikes (vessels, recesses, effusion).
-    With `knee` (data.roi=knee) the region follows the knee instead of the field's centre (data/localise.py).
+    `mode` knee (data.roi=knee): the region follows the knee instead of the field's centre (data/localise.py);
+    acl: a square of `crop` x the field centred on the ACL a shipped localiser finds (data/acl_region.py).
     With an annotated `box` (KneeMRI's ROI around the cruciate), the region is the box's slices and the
     smallest square holding the box in-plane (square, so resizing keeps the aspect; shifted inside the field
     where the box lies at its edge); crop and slab then do not apply."""
     if box is not None:
         return box_roi(vol, box)
-    if knee:
+    if mode == "knee":
         return vol[knee_region(vol, crop, slab)]
+    if mode == "acl":
+        from sbssl.data.acl_region import acl_region  # it reads the scaling and resizing defined here
+
+        return vol[acl_region(vol, crop, slab)]
     n, h, w = vol.shape
     if slab < 1.0:
         lo, hi = (1 - slab) / 2 * (n - 1), (1 + slab) / 2 * (n - 1)
@@ -84,7 +89,7 @@ def resize_slices(vol01: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare_volume(vol: np.ndarray, size: int, crop: float = 1.0, slab: float = 1.0,
-                   box: Box | None = None, knee: bool = False) -> np.ndarray:
+                   box: Box | None = None, mode: str = "center") -> np.ndarray:
     """The exact preprocessing of training, for any volume (used by predict too)."""
-    x = resize_slices(robust_minmax(roi(vol, crop, slab, box, knee)), size)
+    x = resize_slices(robust_minmax(roi(vol, crop, slab, box, mode)), size)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)

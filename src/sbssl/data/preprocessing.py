@@ -30,7 +30,7 @@ class Preprocessing:
     slab: float = 1.0  # central fraction of the stack kept
     mean: float = 0.0  # of the [0, 1]-scaled training slices
     std: float = 1.0
-    roi: str = "center"  # center: crop + slab; knee: crop + slab about the knee; box: each exam's ROI box (cache.roi)
+    roi: str = "center"  # center: crop + slab; knee: about the knee; acl: about the ACL; box: each exam's ROI box
 
     def __post_init__(self) -> None:
         ok = (self.img_size >= 8 and self.in_chans >= 1 and 0 < self.crop <= 1 and 0 < self.slab <= 1
@@ -72,7 +72,7 @@ class Preprocessing:
         if self.roi == "box" and box is None:
             raise ValueError("this model reads each exam's ROI box (data.roi=box) and none was given")
         return prepare_volume(vol, self.img_size, self.crop, self.slab, box if self.roi == "box" else None,
-                              knee=self.roi == "knee")
+                              mode=self.roi)
 
     def standardise(self, x01: torch.Tensor) -> torch.Tensor:
         """Slices scaled to [0, 1] (B, 1, H, W) -> the model's input space."""

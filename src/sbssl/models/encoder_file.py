@@ -106,8 +106,13 @@ class PretrainedEncoder:
 
     def configure(self, cfg: DictConfig) -> DictConfig:
         """A copy of `cfg` with the encoder's architecture (the user's `cfg` is left as asked). data.roi stays
-        the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale."""
-        return with_architecture(cfg, self.architecture())
+        the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale. With data.roi=acl
+        the region (crop: the window about the ligament; slab) stays the user's too: the encoder's crop and slab
+        described its region about the knee, which the ACL's window does not share."""
+        arch = self.architecture()
+        if cfg.data.roi == "acl":
+            arch["data"] = {"img_size": arch["data"]["img_size"]}
+        return with_architecture(cfg, arch)
 
     def load_into(self, encoder: torch.nn.Module) -> torch.nn.Module:
         """These weights into an encoder built from `configure`d config; a mismatch is one line naming the file."""
@@ -124,7 +129,8 @@ def init_preprocessing(init: PretrainedEncoder | ImportedWeights | None, cfg: Di
     intensity statistics its weights learnt; the region mode stays the config's), else the config's sizes with
     this set's statistics (random init, ImageNet weights)."""
     if init is not None and init.preprocessing is not None:
-        return replace(init.preprocessing, roi=str(cfg.data.roi))
+        region = {"crop": float(cfg.data.crop), "slab": float(cfg.data.slab)} if cfg.data.roi == "acl" else {}
+        return replace(init.preprocessing, roi=str(cfg.data.roi), **region)
     return Preprocessing.from_config(cfg, mean, std)
 
 

@@ -240,6 +240,12 @@ def _patella_and_tendons(cv: Canvas, k: Knee) -> None:
              lambda p: np.maximum(quad(p), np.abs(p[0]) - 14), [(0.0, LIGAMENT)])
 
 
+def acl_ends(k: Knee) -> tuple[np.ndarray, np.ndarray]:
+    """The ACL's femoral end (high in the notch on the lateral condyle) and tibial end (in front of the spines),
+    in the right-knee frame the phantom is drawn in."""
+    return np.array([8.0, 14.0, 21.0]), k.tibia.to_world((2.0, -10.0, -2.0))
+
+
 def _cruciates(cv: Canvas, k: Knee) -> None:
     t, f = k.tibia, k.findings
     # PCL: thick, curved, dark; femoral end on the medial condyle's wall, tibial end posterior.
@@ -247,7 +253,7 @@ def _cruciates(cv: Canvas, k: Knee) -> None:
     pcl = g.union(g.capsule(p0, pm, 5.2), g.capsule(pm, p1, 5.2))
     cv.paint(np.minimum(p0, p1) - 8, np.maximum(p0, p1) + 8, pcl, [(0.0, LIGAMENT)])
     # ACL: femoral end high in the notch on the lateral condyle, tibial end in front of the spines.
-    fem, tib = np.array([8.0, 14.0, 21.0]), t.to_world((2.0, -10.0, -2.0))
+    fem, tib = acl_ends(k)
     r = k.acl_radius
     lo, hi = np.minimum(fem, tib) - 12, np.maximum(fem, tib) + 12
     sheath = g.capsule(fem, tib, r + 0.6)  # thin synovial lining outlining the ligament

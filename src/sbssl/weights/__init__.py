@@ -6,7 +6,11 @@ drawn with seed 1 (the demo draws seed 0), labels unused. Made by `tools/make_cp
 precision (11 MB).
 Fine-tuning takes it as `init=builtin:cpu`.
 
+`acl_localiser`: the small CNN that centres data.roi=acl on the ACL (models/acl_localiser.py), trained in about a
+minute on a generated family set, no labels used. Made by `tools/make_acl_localiser.sh` (0.2 MB).
+
     python -m sbssl.weights export RUN/encoder.safetensors   # -> src/sbssl/weights/gmml_cpu.safetensors
+    python -m sbssl.weights localiser ROOT[,ROOT] [EPOCHS]    # -> src/sbssl/weights/acl_localiser.safetensors
 """
 
 from __future__ import annotations
@@ -42,10 +46,31 @@ def export(src: Path, name: str = "cpu") -> Path:
     return BUILTIN[name]
 
 
+def make_localiser(roots: list[Path], epochs: int = 30, out: Path | None = None) -> Path:
+    """Train the ACL localiser on generated family sets (both splits) and write it where data.roi=acl reads it."""
+    import numpy as np
+
+    from sbssl.data.acl_region import SHIPPED
+    from sbssl.models.acl_localiser import save_localiser, train_localiser, training_views
+
+    parts = [training_views(r) for r in roots]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    net = train_localiser(x, y, epochs)
+    meta = {"trained_on": ",".join(str(r) for r in roots), "exams": str(len(x)), "epochs": str(epochs)}
+    return save_localiser(net, out or SHIPPED, meta)
+
+
+USAGE = ("usage: python -m sbssl.weights export ENCODER.safetensors\n"
+         "       python -m sbssl.weights localiser ROOT[,ROOT] [EPOCHS]")
+
+
 def _main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[0] != "export":
-        raise SystemExit("usage: python -m sbssl.weights export ENCODER.safetensors")
-    out = export(Path(argv[1]))
+    if len(argv) == 2 and argv[0] == "export":
+        out = export(Path(argv[1]))
+    elif len(argv) in (2, 3) and argv[0] == "localiser":
+        out = make_localiser([Path(r) for r in argv[1].split(",")], int(argv[2]) if len(argv) == 3 else 30)
+    else:
+        raise SystemExit(USAGE)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
 
 

@@ -1,4 +1,4 @@
-"""python -m sbssl.weights export ENCODER.safetensors"""
+"""python -m sbssl.weights export ENCODER.safetensors | localiser ROOT[,ROOT] [EPOCHS]"""
 
 import sys
 

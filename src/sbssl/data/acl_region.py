@@ -1,0 +1,109 @@
+"""A region of interest centred on the ACL (data.roi=acl), found by a small localiser shipped with the package.
+
+Why: at the recipes' scale (32 px input, 4 px patches) the region about the knee box (data.roi=knee) is centred
+on the limb, whose shafts fill the field, not on the joint; the ACL lies off-centre and a patch spans the whole
+ligament. Centred on the ligament, at a window of 0.35 x the field, the shipped encoder's classifier reads the tear
+as the CNN does (docs/results.md: the oracle and located rows). The localiser needs no label: it was trained on
+synthetic families, whose generator knows where every ACL is (synth/landmarks.py, models/acl_localiser.py).
+
+Its input is the knee's view: the mean of the knee's central slab over a square of 1 / KNEE_FILL limb diameters
+about the knee box (data/localise.py), 64 px, standardised; its output, the ACL's position as fractions of that
+square (a soft-argmax over a 16 x 16 score map). The forward pass is numpy (convolutions as one einsum over
+sliding windows, batch norm folded into them), so preparing an exam stays torch-free for exported models.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from sbssl.data.localise import KNEE_FILL, KneeBox, knee_box, knee_slab, square_about
+from sbssl.data.prepare import resize_slices, robust_minmax
+
+VIEW_SIZE = 64  # the localiser's input, px
+VIEW_SLAB = 0.4  # the knee's central slices averaged into its view
+POOLED = (0, 1)  # conv blocks followed by a 2 x 2 max-pool
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "acl_localiser.safetensors"
+
+
+def knee_view(vol: np.ndarray, box: KneeBox) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The localiser's input: the mean of the knee's central slab over a square of 1 / KNEE_FILL limb diameters
+    about the knee box, 64 px in [0, 1]; and that square (first row, first column, side) in stored pixels
+    (zero-padded where it leaves the field)."""
+    side = max(8, round(box.diameter / KNEE_FILL))
+    r0, c0 = (round(c - side / 2) for c in box.centre)
+    mean = robust_minmax(np.asarray(vol[knee_slab(box, VIEW_SLAB)], np.float32)).mean(0)
+    view = np.pad(mean, side)[r0 + side:r0 + 2 * side, c0 + side:c0 + 2 * side]
+    return resize_slices(view[None], VIEW_SIZE)[0], (r0, c0, side)
+
+
+def standardised(x: np.ndarray) -> np.ndarray:
+    """Each view to zero mean and unit deviation: the localiser must not depend on a sequence's brightness."""
+    x = np.asarray(x, np.float32)
+    return (x - x.mean((-2, -1), keepdims=True)) / (x.std((-2, -1), keepdims=True) + 1e-3)
+
+
+def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, O, H, W), zero padding 1: one einsum over the 3 x 3 sliding windows."""
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))), (3, 3), (2, 3))
+    return np.einsum("nchwij,ocij->nohw", win, weight, optimize=True) + bias[None, :, None, None]
+
+
+def soft_argmax(scores: np.ndarray) -> np.ndarray:
+    """(N, h, w) scores -> (N, 2) expected (row, col) under their softmax, as fractions of the map's side."""
+    n, h, w = scores.shape
+    p = np.exp(scores - scores.max((1, 2), keepdims=True))
+    p /= p.sum((1, 2), keepdims=True)
+    rows, cols = (np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w
+    return np.stack([p.sum(2) @ rows, p.sum(1) @ cols], 1).astype(np.float32)
+
+
+def localise(views: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, 64, 64) knee views -> (N, 2) the ACL's (row, col) as fractions of each view's side."""
+    x = standardised(views)[:, None]
+    i = 0
+    while f"conv{i}.weight" in weights:
+        x = np.maximum(conv3x3(x, weights[f"conv{i}.weight"], weights[f"conv{i}.bias"]), 0)
+        if i in POOLED:
+            n, c, h, w = x.shape
+            x = x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2).max((3, 5))
+        i += 1
+    scores = np.einsum("nchw,c->nhw", x, weights["score.weight"].reshape(-1)) + weights["score.bias"][0]
+    return soft_argmax(scores)
+
+
+@lru_cache(maxsize=4)
+def load_localiser(path: Path = SHIPPED) -> dict[str, np.ndarray]:
+    """The localiser's folded weights (safetensors: no pickle); one clear line where the file is missing."""
+    from safetensors.numpy import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: the ACL localiser (data.roi=acl) is missing from this installation")
+    return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+
+
+def acl_centre(vol: np.ndarray, box: KneeBox | None = None, path: Path = SHIPPED) -> tuple[float, float]:
+    """The ACL's predicted (row, col) in a sagittal series' stored pixels."""
+    box = knee_box(vol) if box is None else box
+    view, (r0, c0, side) = knee_view(vol, box)
+    (fr, fc), = localise(view[None], load_localiser(path))
+    return r0 + float(fr) * side, c0 + float(fc) * side
+
+
+def acl_region(vol: np.ndarray, crop: float, slab: float, path: Path = SHIPPED) -> tuple[slice, slice, slice]:
+    """Index ranges of the region centred on the ACL: the central `slab` of the knee's slices (as
+    data.roi=knee) and a square of `crop` x the field's height centred on the predicted ligament (inside the
+    field). The window is a fraction of the field, not of the knee, as it was measured (0.35: docs/results.md)."""
+    box = knee_box(vol)
+    side = round(crop * vol.shape[1])
+    return (knee_slab(box, slab),) + square_about(acl_centre(vol, box, path), side, vol.shape[1:])
+
+
+@lru_cache(maxsize=4)
+def localiser_digest(path: Path = SHIPPED) -> str:
+    """A short digest of the localiser's file, so that slice caches made with other weights are rebuilt."""
+    import hashlib
+
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12] if Path(path).is_file() else "missing"
