@@ -133,3 +133,21 @@ def test_acl_region_is_refused_outside_sagittal_series():
     with pytest.raises(ConfigError, match=r"data\.roi.*sagittal"):
         load_config(None, ["data.roi=acl", "data.plane=coronal"])
     assert load_config(None, ["data.roi=acl"]).data.roi == "acl"
+
+
+def test_a_run_from_an_encoder_is_evaluated_on_the_acl_window_it_was_trained_on(tiny_set: Path, gmml_roi_run: Path,
+                                                                                 tmp_path: Path):
+    """The encoder's crop (0.5) must not come back when the run is loaded for evaluation, explanation or export:
+    the slice caches of valid are cut from the loaded config, which follows the run's preprocessing record."""
+    from sbssl.engine.inference import load_ensemble
+    from sbssl.workflow import finetune
+
+    from .conftest import FT
+
+    out = tmp_path / "acl"
+    over = [*FT, "finetune.ensemble=1", "train.epochs=1", f"init={gmml_roi_run}", "data.roi=acl", "data.crop=0.35",
+            "trainer.accelerator=cpu"]
+    finetune(load_config(None, over), tiny_set, out)
+    ens = load_ensemble(out)
+    assert ens.pre.roi == "acl" and ens.pre.crop == 0.35 and ens.pre.img_size == 16
+    assert (ens.cfg.data.roi, ens.cfg.data.crop, ens.cfg.data.img_size) == ("acl", 0.35, 16)

@@ -138,3 +138,24 @@ def test_oracle_and_predicted_box_folders_are_generic_sets_with_roi_boxes(bench,
                 x, y, z, h, w, d = r.box
                 n, rows, cols = np.load(r.path, mmap_mode="r").shape
                 assert h == w == round(0.35 * rows) and 0 <= y <= rows - h and 0 <= x <= cols - w and z + d <= n
+
+
+def test_paired_runs_cli_pairs_seed_k_of_a_with_seed_k_of_b(tmp_path: Path):
+    """benchmarks/paired_runs.py: a recipe measured later, paired with runs already made, seed by seed."""
+    from sklearn.metrics import roc_auc_score
+
+    from sbssl.evaluation.report_files import write_predictions
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 20)
+    cases = [f"{i:04d}" for i in range(len(y))]
+    probs = {"a": [y * 2 + rng.normal(0, 1, 40) for _ in range(2)], "b": [rng.random(40) for _ in range(2)]}
+    for arm, qs in probs.items():
+        for k, q in enumerate(qs):
+            write_predictions(tmp_path / f"{arm}{k}" / "predictions.csv", cases, 1 / (1 + np.exp(-q)), y)
+    want = np.mean([roc_auc_score(y, a) - roc_auc_score(y, b) for a, b in zip(probs["a"], probs["b"], strict=True)])
+    res = subprocess.run([sys.executable, str(BENCH / "paired_runs.py"), "--a", f"{tmp_path}/a0,{tmp_path}/a1",
+                          "--b", f"{tmp_path}/b0,{tmp_path}/b1", "--no-record"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"A - B {want:+.3f}" in res.stdout

@@ -75,7 +75,7 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
         atomic_write_text(out / CONFIG, to_yaml(asked))  # as the user asked; what the encoder set is in run.json
         atomic_write_json(out / RUN, {"root": str(Path(root).resolve()), "preprocessing": pre.to_dict(),
                                       "init": f"{init.tag}:{init.path}" if init is not None else "scratch",
-                                      "architecture": init.architecture() if init is not None else {}})
+                                      "architecture": init.architecture(str(cfg.data.roi)) if init is not None else {}})
         split = {"fit": [records[i].case for i in common_fit], "held_out": [records[i].case for i in common_held]}
         if cfg.finetune.holdout == "member":  # what each member held out; no exam is held out from all of them
             split["members"] = {str(cfg.train.seed + m): [records[i].case for i in h] for m, (_, h) in

@@ -76,6 +76,8 @@ def load_ensemble(run: Path, device: torch.device | str = "cpu") -> Ensemble:
         cfg = with_architecture(load_config(None, None, base=saved), rec.pop("architecture"))
     except Exception as e:  # a hand-edited record: unknown keys, wrong types
         raise SbsslError(f"{run / RUN}: damaged architecture record ({str(e).splitlines()[0][:100]})") from None
+    pre = rec["pre"]  # the record is what training read: the slice caches of evaluation must cut the same region
+    cfg.data.img_size, cfg.data.crop, cfg.data.slab, cfg.data.roi = pre.img_size, pre.crop, pre.slab, pre.roi
     files = sorted(run.glob("model-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
     if not files:
         raise SbsslError(f"{run}: no model-<seed>.safetensors (is the fine-tuning finished?)")

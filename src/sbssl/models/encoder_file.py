@@ -90,29 +90,25 @@ class PretrainedEncoder:
         """The input preparation the encoder learnt on (its region of interest and intensity scaling)."""
         return Preprocessing.from_meta(self.meta)
 
-    def architecture(self) -> dict[str, dict]:
+    def architecture(self, roi: str = "center") -> dict[str, dict]:
         """The model and input-geometry keys a classifier must take from the encoder, as a config fragment; the
         intensity scaling travels in the preprocessing record. Encoders written before `depth` existed have the
         named model's depth (0); before the region of interest existed, they saw the whole field (1.0). A CNN has
-        no patch, stem or depth to fix."""
+        no patch, stem or depth to fix. With `roi` acl the region is the user's (`configure`): img_size alone."""
         m = self.meta
         model = {"name": m["name"], "in_chans": int(m["in_chans"])}
         if m["name"] not in CNNS:
             model |= {"patch_size": int(m["patch_size"]), "stem": m.get("stem", "patch"),
                       "depth": int(m.get("depth", 0))}
-        return {"model": model,
-                "data": {"img_size": int(m["img_size"]), "crop": float(m.get("crop", 1.0)),
-                         "slab": float(m.get("slab", 1.0))}}
+        region = {} if roi == "acl" else {"crop": float(m.get("crop", 1.0)), "slab": float(m.get("slab", 1.0))}
+        return {"model": model, "data": {"img_size": int(m["img_size"]), **region}}
 
     def configure(self, cfg: DictConfig) -> DictConfig:
         """A copy of `cfg` with the encoder's architecture (the user's `cfg` is left as asked). data.roi stays
         the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale. With data.roi=acl
         the region (crop: the window about the ligament; slab) stays the user's too: the encoder's crop and slab
         described its region about the knee, which the ACL's window does not share."""
-        arch = self.architecture()
-        if cfg.data.roi == "acl":
-            arch["data"] = {"img_size": arch["data"]["img_size"]}
-        return with_architecture(cfg, arch)
+        return with_architecture(cfg, self.architecture(str(cfg.data.roi)))
 
     def load_into(self, encoder: torch.nn.Module) -> torch.nn.Module:
         """These weights into an encoder built from `configure`d config; a mismatch is one line naming the file."""

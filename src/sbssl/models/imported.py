@@ -87,7 +87,7 @@ class ImportedWeights:
             raise SbsslError(f"{self.path}: a timm ViT checkpoint has a patch stem; set model.stem=patch")
         return cfg
 
-    def architecture(self) -> dict:
+    def architecture(self, roi: str = "center") -> dict:
         return {}
 
     def load_into(self, encoder: torch.nn.Module) -> torch.nn.Module:
