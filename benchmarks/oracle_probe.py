@@ -48,11 +48,6 @@ from sbssl.synth.landmarks import replayed_acl_midpoint
 SIZE, CROP, SLAB = 32, 0.5, 0.4  # finetune/demo's input
 
 
-def acl_index(spec: dict, split: str, case: int, labels) -> np.ndarray:
-    """(slice, row, col) of the ACL's midpoint in the stored sagittal volume: render_exam's draws replayed."""
-    return replayed_acl_midpoint(spec, case, labels)
-
-
 def oracle_crop(vol: np.ndarray, at: np.ndarray, window: float) -> np.ndarray:
     """The three slices about `at`, 32 px: a square of `window` x the field centred on it (zero outside), or
     with window 0 the recipes' own in-plane region about the knee (data.roi=knee, crop 0.5)."""
@@ -86,7 +81,7 @@ def load_split(root: Path, split: str, window: float) -> tuple[np.ndarray, np.nd
     xs, miss = [], []
     for r in records:
         vol = load_volume(r.path)
-        at = acl_index(spec, split, int(r.case), labels[int(r.case) - first])
+        at = replayed_acl_midpoint(spec, int(r.case), labels[int(r.case) - first])
         xs.append(oracle_crop(vol, at, window))
         miss.append(slice_miss(vol, at))
     return (np.stack(xs).astype(np.float32), np.array([r.label for r in records]), [r.case for r in records],
@@ -105,7 +100,7 @@ def oracle_folder(root: Path, out: Path, window: float, depth: int = 7) -> None:
         rows, boxes = [], []
         for r in list_exams(root, split, "sagittal", "acl"):
             vol = np.load(r.path, mmap_mode="r")
-            s, row, col = acl_index(spec, split, int(r.case), labels[int(r.case) - first])
+            s, row, col = replayed_acl_midpoint(spec, int(r.case), labels[int(r.case) - first])
             side = round(window * vol.shape[1])
             z = int(np.clip(round(s) - depth // 2, 0, max(len(vol) - depth, 0)))
             y, x = (int(np.clip(round(v - side / 2), 0, vol.shape[1] - side)) for v in (row, col))

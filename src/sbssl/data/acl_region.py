@@ -14,6 +14,7 @@ sliding windows, batch norm folded into them), so preparing an exam stays torch-
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -104,6 +105,4 @@ def acl_region(vol: np.ndarray, crop: float, slab: float, path: Path = SHIPPED) 
 @lru_cache(maxsize=4)
 def localiser_digest(path: Path = SHIPPED) -> str:
     """A short digest of the localiser's file, so that slice caches made with other weights are rebuilt."""
-    import hashlib
-
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12] if Path(path).is_file() else "missing"
