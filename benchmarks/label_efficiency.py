@@ -10,7 +10,8 @@ encoder's archive, seed 1, nor the demo's, seed 0). Every point fine-tunes the C
 member) on a stratified subset of n train exams (`finetune.labels=n`, nested per seed: the 50 contain the 25),
 chooses its epoch on a stratified fifth of that subset and is scored on the whole valid split. Every run gets about
 the same number of optimiser steps (--steps; more epochs for fewer exams), so a small subset is not also
-undertrained. Every arm looks at finetune/demo's region of interest (about the knee). The GMML - scratch difference
+undertrained. Every arm looks at finetune/demo's region of interest (about the ACL since 2026-12-06; the tables in
+docs/results.md were measured about the knee, data.roi=knee). The GMML - scratch difference
 at each n is averaged over seeds; its interval comes from the same paired stratified bootstrap resamples of the
 valid exams applied to every seed's pair, so it holds the valid-set noise, and the spread over seeds is reported
 beside it. Random init is run with two models, each GMML arm paired with both: `scratch` (finetune/cpu's max

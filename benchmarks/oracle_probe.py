@@ -45,7 +45,7 @@ from sbssl.models.vit import create_encoder
 from sbssl.synth.dataset import assign_labels
 from sbssl.synth.landmarks import replayed_acl_midpoint
 
-SIZE, CROP, SLAB = 32, 0.5, 0.4  # finetune/demo's input
+SIZE, CROP, SLAB = 32, 0.5, 0.4  # the region about the knee (data.roi=knee), finetune/demo's input before data.roi=acl
 
 
 def oracle_crop(vol: np.ndarray, at: np.ndarray, window: float) -> np.ndarray:

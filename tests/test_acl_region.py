@@ -8,8 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+import sbssl.data.acl_region as region
 from sbssl.config import load_config
-from sbssl.data.acl_region import SHIPPED, acl_region, knee_view, load_localiser, localise
+from sbssl.data.acl_region import (
+    SHIPPED,
+    acl_centre,
+    acl_region,
+    knee_view,
+    load_localiser,
+    localise,
+    located,
+    variants,
+)
 from sbssl.data.cache import build_cache
 from sbssl.data.layout import list_exams
 from sbssl.data.localise import knee_box, knee_region
@@ -66,6 +76,35 @@ def test_shipped_localiser_centres_the_region_on_the_acl_of_a_family_it_never_sa
     assert np.median(errors) < 0.06  # the window's half-side is 0.175
 
 
+def test_variants_move_the_view_by_the_offsets_they_report():
+    """The shifted variants' answers are moved back by their offsets; a wrong sign would pull every answer apart."""
+    view = np.zeros((1, 64, 64), np.float32)
+    view[0, 20, 30] = 0.5
+    many, offsets = variants(view)
+    np.testing.assert_allclose(many[0, 1], 1 - view[0])
+    np.testing.assert_allclose(many[0, 2:4].max((1, 2)), [np.sqrt(0.5), 0.25])
+    for k in range(4, len(offsets)):
+        r, c = np.unravel_index(many[0, k].argmax(), (64, 64))
+        np.testing.assert_allclose(((r - 20) / 64, (c - 30) / 64), offsets[k])
+
+
+def test_localiser_answers_alike_on_a_knee_and_falls_back_to_the_prior_where_unsure(monkeypatch):
+    """On a knee it can read, every variant gives the same answer; where they disagree, the window is centred on
+    the training set's mean position instead."""
+    exam = render_exam(12, 5, "train", Labels(1, 0, 0), 128, 0.5, family("morphed"))
+    vol, at = exam.volumes["sagittal"], acl_midpoint(exam)
+    box = knee_box(vol)
+    view, (r0, c0, side) = knee_view(vol, box)
+    weights = load_localiser(SHIPPED)
+    centre, spread = located(view[None], weights)
+    assert spread[0] < region.UNSURE / 5
+    assert max(abs(r0 + centre[0, 0] * side - at[1]), abs(c0 + centre[0, 1] * side - at[2])) < 0.06 * 128
+    prior = (r0 + weights["prior"][0] * side, c0 + weights["prior"][1] * side)
+    assert max(abs(a - b) for a, b in zip(acl_centre(vol, box), prior, strict=True)) > 1  # the localiser's own
+    monkeypatch.setattr(region, "located", lambda v, w: (np.full((1, 2), 0.5), np.full(1, region.UNSURE * 2)))
+    np.testing.assert_allclose(acl_centre(vol, box), prior, atol=1e-4)
+
+
 def test_acl_mode_in_the_record_the_preparation_and_the_cache(tmp_path: Path):
     root = tmp_path / "MRNet-v1.0"
     generate(root, SynthSpec(train=3, valid=1, size=96, seed=2, workers=1, family="varied"))
@@ -110,9 +149,14 @@ def test_make_localiser_trains_on_a_family_set_and_writes_what_preparation_reads
     assert r.stop - r.start == round(0.35 * vol.shape[1]) == c.stop - c.start
 
 
-def test_missing_localiser_is_one_line_naming_the_file(tmp_path: Path):
+def test_missing_or_foreign_localiser_is_one_line_naming_the_file(tmp_path: Path):
+    from safetensors.numpy import save_file
+
     with pytest.raises(FileNotFoundError, match="nothing.safetensors.*data.roi=acl"):
         load_localiser(tmp_path / "nothing.safetensors")
+    save_file({"conv0.weight": np.zeros((1, 1, 3, 3), np.float32)}, str(tmp_path / "old.safetensors"))
+    with pytest.raises(ValueError, match="old.safetensors.*prior"):
+        load_localiser(tmp_path / "old.safetensors")
 
 
 def test_acl_preparation_is_torch_free():
@@ -132,6 +176,9 @@ def test_acl_region_is_refused_outside_sagittal_series():
 
     with pytest.raises(ConfigError, match=r"data\.roi.*sagittal"):
         load_config(None, ["data.roi=acl", "data.plane=coronal"])
+    with pytest.raises(ConfigError, match=r"data\.roi.*data\.roi=knee"):
+        load_config("finetune/demo", ["data.task=meniscus"])
+    assert load_config("finetune/demo", ["data.task=meniscus", "data.roi=knee"]).data.roi == "knee"
     assert load_config(None, ["data.roi=acl"]).data.roi == "acl"
 
 

@@ -93,7 +93,9 @@ def test_auto_init_pretrains_on_another_familys_own_slices_first(tmp_path: Path,
     own = out / "pretrain" / "encoder.safetensors"
     assert "slices x 24 epochs, about" in caplog.text  # the cost is said before it starts
     pre = json.loads((out / "pretrain" / "run.json").read_text())
-    assert pre["init"] == "scratch" and pre["preprocessing"]["roi"] == "knee"  # the crops it will classify
+    asked = load_config("finetune/demo").data
+    assert pre["init"] == "scratch" and pre["preprocessing"]["roi"] == asked.roi  # the crops it will classify
+    assert (pre["preprocessing"]["crop"], pre["preprocessing"]["slab"]) == (asked.crop, asked.slab)
     assert json.loads((out / "run.json").read_text())["init"] == f"gmml:{own}"
     shipped, mine = load_file(builtin_path("cpu")), load_file(own)
     assert mine.keys() == shipped.keys()  # the shipped encoder's architecture (pretrain/cpu's)

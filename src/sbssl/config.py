@@ -248,6 +248,9 @@ def validate(cfg: DictConfig) -> None:
         ("data.slab", 0 < cfg.data.slab <= 1, "in (0, 1]"),
         ("data.roi", cfg.data.roi != "acl" or cfg.data.plane == "sagittal",
          "not acl outside data.plane=sagittal (the ACL localiser reads sagittal series)"),
+        ("data.roi", cfg.data.roi != "acl" or cfg.data.task == "acl",
+         "not acl for data.task other than acl (its window is centred on the ligament; data.roi=knee for the menisci "
+         "and the abnormal task)"),
         ("model.patch_size", cfg.model.patch_size >= 1 and cfg.data.img_size % cfg.model.patch_size == 0,
          "a divisor of data.img_size"),
         ("model.in_chans", cfg.model.in_chans in (1, 3), "1 or 3"),

@@ -71,6 +71,7 @@ def own_pretraining_config(cfg: DictConfig) -> DictConfig:
     """pretrain/cpu for the plane, region of interest, seed and devices the fine-tuning config asks for, so that
     the encoder learns on the crops it will classify."""
     pcfg = load_config(OWN_RECIPE, [f"data.plane={cfg.data.plane}", f"data.roi={cfg.data.roi}",
+                                    f"data.crop={cfg.data.crop}", f"data.slab={cfg.data.slab}",
                                     f"data.workers={cfg.data.workers}", f"train.seed={cfg.train.seed}"])
     pcfg.trainer = copy.deepcopy(cfg.trainer)
     return pcfg

@@ -10,11 +10,19 @@ Its input is the knee's view: the mean of the knee's central slab over a square 
 about the knee box (data/localise.py), 64 px, standardised; its output, the ACL's position as fractions of that
 square (a soft-argmax over a 16 x 16 score map). The forward pass is numpy (convolutions as one einsum over
 sliding windows, batch norm folded into them), so preparing an exam stays torch-free for exported models.
+
+A localiser trained on one phantom may meet knees it cannot read. It is asked the same question several ways
+(the view inverted, under two gammas, shifted by a few pixels each way: `variants`); the answer is the variants'
+median, and where they disagree (a knee it can read answers all of them alike), the window is centred on the
+ligament's usual place in the knee view (the training set's mean, `prior`) instead. Where they agree, the answer
+stands wherever it lies in the view: a knee box that cut the joint near its edge (seen on held-out `shifted`)
+still has its ACL found there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +35,10 @@ VIEW_SIZE = 64  # the localiser's input, px
 VIEW_SLAB = 0.4  # the knee's central slices averaged into its view
 POOLED = (0, 1)  # conv blocks followed by a 2 x 2 max-pool
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "acl_localiser.safetensors"
+SHIFT = 4  # px of the view: the shifted variants
+UNSURE = 0.05  # the variants' median distance from their median answer (fraction of the view) beyond which it
+# is not trusted: above every exam of the selection families (benchmarks/acl_localiser.py --spread)
+log = logging.getLogger("sbssl")
 
 
 def knee_view(vol: np.ndarray, box: KneeBox) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -75,6 +87,29 @@ def localise(views: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
     return soft_argmax(scores)
 
 
+def variants(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 64, 64) views in [0, 1] -> (N, K, 64, 64) the same views inverted, under gammas 0.5 and 2, and shifted
+    by SHIFT px along each axis (edges replicated); and (K, 2) how far each variant moves the ACL (fractions)."""
+    v = np.clip(views, 0.0, 1.0)
+    p, s = np.pad(v, ((0, 0), (SHIFT, SHIFT), (SHIFT, SHIFT)), mode="edge"), SHIFT
+    n = v.shape[-1]
+    moves = [(s, 0), (-s, 0), (0, s), (0, -s)]
+    shifted = [p[:, s - dr:s - dr + n, s - dc:s - dc + n] for dr, dc in moves]
+    out = np.stack([v, 1.0 - v, np.sqrt(v), v * v, *shifted], 1)
+    offsets = np.array([(0, 0)] * 4 + moves, np.float32) / n
+    return out, offsets
+
+
+def located(views: np.ndarray, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 64, 64) views -> (N, 2) the ACL's (row, col), the median answer over the views' variants; and (N,)
+    their spread: the variants' median distance from that answer (fractions of the view)."""
+    many, offsets = variants(views)
+    n, k = many.shape[:2]
+    answers = localise(many.reshape(n * k, *many.shape[2:]), weights).reshape(n, k, 2) - offsets
+    centre = np.median(answers, 1)
+    return centre, np.median(np.linalg.norm(answers - centre[:, None], axis=-1), 1)
+
+
 @lru_cache(maxsize=4)
 def load_localiser(path: Path = SHIPPED) -> dict[str, np.ndarray]:
     """The localiser's folded weights (safetensors: no pickle); one clear line where the file is missing."""
@@ -82,14 +117,25 @@ def load_localiser(path: Path = SHIPPED) -> dict[str, np.ndarray]:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: the ACL localiser (data.roi=acl) is missing from this installation")
-    return {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+    weights = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
+    if "prior" not in weights or "score.weight" not in weights:
+        raise ValueError(f"{path}: not an ACL localiser of this version (no 'score' or 'prior' tensor); "
+                         "remake it with tools/make_acl_localiser.sh")
+    return weights
 
 
 def acl_centre(vol: np.ndarray, box: KneeBox | None = None, path: Path = SHIPPED) -> tuple[float, float]:
-    """The ACL's predicted (row, col) in a sagittal series' stored pixels."""
+    """The ACL's predicted (row, col) in a sagittal series' stored pixels; where the localiser is unsure, the
+    ligament's usual place in the knee's view."""
     box = knee_box(vol) if box is None else box
     view, (r0, c0, side) = knee_view(vol, box)
-    (fr, fc), = localise(view[None], load_localiser(path))
+    weights = load_localiser(path)
+    centre, spread = located(view[None], weights)
+    (fr, fc), = centre
+    if spread[0] > UNSURE:
+        fr, fc = weights["prior"]
+        log.info("ACL localiser unsure (variants %.3f apart, answer %.2f, %.2f of the knee view): the window is "
+                 "centred on the ligament's usual place", spread[0], *centre[0])
     return r0 + float(fr) * side, c0 + float(fc) * side
 
 
@@ -104,5 +150,8 @@ def acl_region(vol: np.ndarray, crop: float, slab: float, path: Path = SHIPPED) 
 
 @lru_cache(maxsize=4)
 def localiser_digest(path: Path = SHIPPED) -> str:
-    """A short digest of the localiser's file, so that slice caches made with other weights are rebuilt."""
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12] if Path(path).is_file() else "missing"
+    """A short digest of the localiser's file and of how its answers are used (variants, threshold), so that
+    slice caches made with other weights or another rule are rebuilt."""
+    if not Path(path).is_file():
+        return "missing"
+    return hashlib.sha1(Path(path).read_bytes() + f"median-of-variants {SHIFT} {UNSURE}".encode()).hexdigest()[:12]

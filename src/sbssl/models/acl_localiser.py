@@ -112,11 +112,13 @@ def train_localiser(views: np.ndarray, targets: np.ndarray, epochs: int = 30, ba
     return net.eval()
 
 
-def save_localiser(net: AclLocaliser, path: Path, meta: dict[str, str]) -> Path:
-    """The folded weights as safetensors (float32: 0.2 MB), written atomically."""
+def save_localiser(net: AclLocaliser, path: Path, meta: dict[str, str], prior: np.ndarray) -> Path:
+    """The folded weights as safetensors (float32: 0.2 MB), written atomically, with `prior`: the ACL's mean
+    position over the training views, where data.roi=acl centres the window when the localiser is unsure."""
     from safetensors.numpy import save_file
 
     from sbssl.utils.io import atomic_write
 
-    atomic_write(Path(path), lambda tmp: save_file(net.folded(), str(tmp), metadata=meta))
+    tensors = {**net.folded(), "prior": np.asarray(prior, np.float32).reshape(2)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return Path(path)

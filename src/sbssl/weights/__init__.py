@@ -57,7 +57,7 @@ def make_localiser(roots: list[Path], epochs: int = 30, out: Path | None = None)
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     net = train_localiser(x, y, epochs)
     meta = {"trained_on": ",".join(str(r) for r in roots), "exams": str(len(x)), "epochs": str(epochs)}
-    return save_localiser(net, out or SHIPPED, meta)
+    return save_localiser(net, out or SHIPPED, meta, y.mean(0))
 
 
 USAGE = ("usage: python -m sbssl.weights export ENCODER.safetensors\n"
