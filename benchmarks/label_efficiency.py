@@ -94,7 +94,9 @@ def base_recipe(arm: str) -> str:
 def arm_overrides(arm: str, encoder: str, cnn_inits: dict[str, str] | None = None) -> list[str]:
     """What makes `arm` differ from its base recipe. Every arm looks at the demo's region of interest, so
     that two arms differ only in what they name."""
-    return [f"data.roi={_demo().data.roi}", *_arm_overrides(arm, encoder, cnn_inits or {})]
+    region = _demo().data
+    return [f"data.roi={region.roi}", f"data.crop={region.crop}", f"data.slab={region.slab}",
+            *_arm_overrides(arm, encoder, cnn_inits or {})]
 
 
 def _arm_overrides(arm: str, encoder: str, cnn_inits: dict[str, str]) -> list[str]:
