@@ -5,9 +5,9 @@ with a new folder runs them (`sbssl finetune --config finetune/demo --data TARGE
 overrides, demo.ARMS): GMML from the shipped encoder, the same ViT from random init, the MRNet-style CNN from
 random init; plus `own`: `sbssl pretrain --config pretrain/cpu` on the target's own train slices (the paper's
 setting), then the demo's GMML recipe from that encoder; `auto`: the demo's recipe with init=auto, as a user runs
-it (on a target other than the demo generator's, `own` with the pretraining cropped about the knee as the
-classifier is; results named `adapt` came from an earlier init=auto that continued the shipped encoder's GMML on
-the target for 8 epochs at lr 1e-3 instead). Each arm is scored
+it (on a target other than the demo generator's, `own`: pretrain/cpu on the classifier's own region, since
+2026-12-06 the ACL's window; results named `adapt` came from an earlier init=auto that continued the shipped
+encoder's GMML on the target for 8 epochs at lr 1e-3 instead). Each arm is scored
 once on the target's valid split; paired differences (stratified bootstrap on the same exams) against random
 init and against the CNN.
 
@@ -84,7 +84,10 @@ def run_arms(root: Path, work: Path, arms: list[str], common: list[str], pre_arg
             pre = work / "pretrain-own"
             if not (pre / ENCODER).exists():
                 t = time.perf_counter()
-                pretrain(load_config("pretrain/cpu", [*common, *pre_args]), root, pre)
+                # as init=auto pretrains (workflow.own_pretraining_config): on the classifier's own region
+                region = load_config("finetune/demo", common).data
+                own = [f"data.roi={region.roi}", f"data.crop={region.crop}", f"data.slab={region.slab}"]
+                pretrain(load_config("pretrain/cpu", [*own, *common, *pre_args]), root, pre)
                 print(f"own pretraining: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
             extra = [f"init={pre / ENCODER}"]
         runs[arm] = []

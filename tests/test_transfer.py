@@ -32,6 +32,9 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
     synth = json.loads((tmp_path / "data-mixed-48" / "MRNet-v1.0" / "findings" / "synth.json").read_text())
     assert synth["spec"]["family"] == "mixed" and synth["spec"]["seed"] == 5
     assert (tmp_path / "mixed" / "pretrain-own" / "encoder.safetensors").is_file()
+    own = json.loads((tmp_path / "mixed" / "pretrain-own" / "run.json").read_text())["preprocessing"]
+    region = OmegaConf.load(tmp_path / "mixed" / "finetune-gmml" / "config.yaml").data
+    assert (own["roi"], own["crop"], own["slab"]) == ("knee", region.crop, region.slab)  # the classifier's region
     for arm in ("gmml", "scratch", "cnn", "own", "again", "slow"):
         for seed, name in enumerate((f"finetune-{arm}", f"finetune-{arm}-seed1")):  # seed 0 keeps the old name
             run = tmp_path / "mixed" / name
