@@ -33,29 +33,13 @@ from sbssl.data.acl_region import (
     UNSURE,
     VIEW_SLAB,
     acl_region,
-    knee_view,
+    answered,
     load_localiser,
     localise,
-    located,
 )
 from sbssl.data.layout import list_exams
-from sbssl.data.localise import knee_box
 from sbssl.data.volume_io import load_volume
-from sbssl.synth.landmarks import set_acl_midpoints
-
-
-def samples(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(knee views, the ACL's position in each as fractions of its side, each view's side, each field's height)."""
-    at = set_acl_midpoints(root, split)
-    xs, ys, sides, fields = [], [], [], []
-    for r in list_exams(root, split, "sagittal", "acl"):
-        vol = load_volume(r.path)
-        view, (r0, c0, side) = knee_view(vol, knee_box(vol))
-        xs.append(view)
-        ys.append(((at[r.case][1] - r0) / side, (at[r.case][2] - c0) / side))
-        sides.append(side)
-        fields.append(vol.shape[1])
-    return np.stack(xs), np.array(ys, np.float32), np.array(sides, np.float32), np.array(fields, np.float32)
+from sbssl.models.acl_localiser import split_views
 
 
 def errors(pred: np.ndarray, y: np.ndarray, side: np.ndarray, field: np.ndarray, window: float,
@@ -73,9 +57,8 @@ def errors(pred: np.ndarray, y: np.ndarray, side: np.ndarray, field: np.ndarray,
 def guarded(x: np.ndarray, y: np.ndarray, side: np.ndarray, field: np.ndarray, window: float,
             weights: dict[str, np.ndarray]) -> dict[str, float]:
     """The product's answer (variants' median, the prior where unsure) against the plain single answer."""
-    centre, spread = located(x, weights)
+    answer, spread = answered(x, weights)
     ok = spread <= UNSURE
-    answer = np.where(ok[:, None], centre, weights["prior"])
     plain = errors(localise(x, weights), y, side, field, window, weights["prior"])
     return {**plain, **{f"guarded_{k}": v for k, v in errors(answer, y, side, field, window, weights["prior"]).items()
                         if not k.startswith("prior")},
@@ -125,11 +108,11 @@ def main() -> None:
     net = load_localiser(weights)
     result: dict = {"weights": str(a.weights or "trained here")}
     if a.train:
-        parts = [samples(Path(r), s) for r in a.train.split(",") for s in ("train", "valid")]
+        parts = [split_views(Path(r), s) for r in a.train.split(",") for s in ("train", "valid")]
         x, y, side, field = (np.concatenate([p[i] for p in parts]) for i in range(4))
         result |= {"train_exams": len(x), "train": guarded(x, y, side, field, a.window, net)}
     for root in map(Path, a.test.split(",")):
-        x, y, side, field = samples(root, "valid")
+        x, y, side, field = split_views(root, "valid")
         name = root.parent.name if root.name == "MRNet-v1.0" else root.name
         result[name] = guarded(x, y, side, field, a.window, net)
         print(name, json.dumps(result[name]), flush=True)

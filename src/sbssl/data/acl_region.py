@@ -91,11 +91,10 @@ def localise(views: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
 def variants(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, 64, 64) views in [0, 1] -> (N, K, 64, 64) the same views inverted, under gammas 0.5 and 2, and shifted
     by SHIFT px along each axis (edges replicated); and (K, 2) how far each variant moves the ACL (fractions)."""
-    v = np.clip(views, 0.0, 1.0)
-    p, s = np.pad(v, ((0, 0), (SHIFT, SHIFT), (SHIFT, SHIFT)), mode="edge"), SHIFT
-    n = v.shape[-1]
+    v, s, n = np.clip(views, 0.0, 1.0), SHIFT, views.shape[-1]
+    padded = np.pad(v, ((0, 0), (s, s), (s, s)), mode="edge")
     moves = [(s, 0), (-s, 0), (0, s), (0, -s)]
-    shifted = [p[:, s - dr:s - dr + n, s - dc:s - dc + n] for dr, dc in moves]
+    shifted = [padded[:, s - dr:s - dr + n, s - dc:s - dc + n] for dr, dc in moves]
     out = np.stack([v, 1.0 - v, np.sqrt(v), v * v, *shifted], 1)
     offsets = np.array([(0, 0)] * 4 + moves, np.float32) / n
     return out, offsets
@@ -109,6 +108,13 @@ def located(views: np.ndarray, weights: dict[str, np.ndarray]) -> tuple[np.ndarr
     answers = localise(many.reshape(n * k, *many.shape[2:]), weights).reshape(n, k, 2) - offsets
     centre = np.median(answers, 1)
     return centre, np.median(np.linalg.norm(answers - centre[:, None], axis=-1), 1)
+
+
+def answered(views: np.ndarray, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) the answers data.roi=acl uses: the variants' median, or the prior where their spread exceeds UNSURE;
+    and (N,) that spread."""
+    centre, spread = located(views, weights)
+    return np.where((spread > UNSURE)[:, None], weights["prior"], centre), spread
 
 
 @lru_cache(maxsize=4)
@@ -130,13 +136,10 @@ def acl_centre(vol: np.ndarray, box: KneeBox | None = None, path: Path = SHIPPED
     ligament's usual place in the knee's view."""
     box = knee_box(vol) if box is None else box
     view, (r0, c0, side) = knee_view(vol, box)
-    weights = load_localiser(path)
-    centre, spread = located(view[None], weights)
-    (fr, fc), = centre
-    if spread[0] > UNSURE:
-        fr, fc = weights["prior"]
-        log.info("ACL localiser unsure (variants %.3f apart, answer %.2f, %.2f of the knee view): the window is "
-                 "centred on the ligament's usual place", spread[0], *centre[0])
+    ((fr, fc),), (spread,) = answered(view[None], load_localiser(path))
+    if spread > UNSURE:
+        log.info("ACL localiser unsure (its variants %.3f of the knee view apart): the window is centred on the "
+                 "ligament's usual place", spread)
     return r0 + float(fr) * side, c0 + float(fc) * side
 
 

@@ -74,19 +74,27 @@ def contrast_draw(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return standardised(torch.where(torch.rand(n, 1, 1, 1, generator=gen) < 0.5, 1 - x, x))
 
 
+def split_views(root: Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One split of a generated family set: (views (N, 64, 64), the ACL's position in each view as fractions of
+    its side, each view's side and each field's height in stored pixels)."""
+    at = set_acl_midpoints(root, split)
+    xs, ys, sides, fields = [], [], [], []
+    for r in list_exams(root, split, "sagittal", "acl"):
+        vol = load_volume(r.path)
+        view, (r0, c0, side) = knee_view(vol, knee_box(vol))
+        _, row, col = at[r.case]
+        xs.append(view)
+        ys.append(((row - r0) / side, (col - c0) / side))
+        sides.append(side)
+        fields.append(vol.shape[1])
+    return (np.stack(xs).astype(np.float32), np.array(ys, np.float32), np.array(sides, np.float32),
+            np.array(fields, np.float32))
+
+
 def training_views(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(views (N, 64, 64), the ACL's position in each view as fractions of its side) of both splits of a
-    generated family set."""
-    xs, ys = [], []
-    for split in ("train", "valid"):
-        at = set_acl_midpoints(root, split)
-        for r in list_exams(root, split, "sagittal", "acl"):
-            vol = load_volume(r.path)
-            view, (r0, c0, side) = knee_view(vol, knee_box(vol))
-            _, row, col = at[r.case]
-            xs.append(view)
-            ys.append(((row - r0) / side, (col - c0) / side))
-    return np.stack(xs).astype(np.float32), np.array(ys, np.float32)
+    """(views, the ACL's position in each) of both splits of a generated family set."""
+    parts = [split_views(root, split)[:2] for split in ("train", "valid")]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def train_localiser(views: np.ndarray, targets: np.ndarray, epochs: int = 30, batch: int = 32,
