@@ -1,7 +1,7 @@
 """Where the GMML features hold the tear: read-outs of a *frozen* encoder's tokens, pretrained vs random.
 
     python benchmarks/token_probe.py --data ROOT [--encoder builtin:cpu] [--labels 100,200,0] [--seeds 0,1,2]
-                                     [--plane sagittal] [--no-random] [--roi knee] [--within sag_sequence]
+                                     [--plane sagittal] [--no-random] [--roi acl --crop 0.35] [--within sag_sequence]
                                      [--img-size 48]
                                      [--name token_probe]
 
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from timm.layers import resample_abs_pos_embed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -114,6 +115,20 @@ def token_readout(tr, ytr, va, steps: int = 600) -> np.ndarray:
         return exam(b).numpy()
 
 
+def probe_region(init, plane: str, roi: str | None = None, crop: float | None = None, img_size: int | None = None
+                 ) -> tuple[DictConfig, Preprocessing]:
+    """The config and record the probe reads exams with: the encoder's own, or its weights read on another region
+    (roi, crop: e.g. the ACL's window of finetune/demo) or at another scale (img_size: more pixels per mm, the
+    encoder's grid of positions resized)."""
+    cfg = init.configure(load_config("finetune/cpu", ["data.task=acl", f"data.plane={plane}"]))
+    pre = init.preprocessing
+    for key, value in (("roi", roi), ("crop", crop), ("img_size", img_size)):
+        if value:
+            cfg.data[key], pre = value, replace(pre, **{key: value})
+    cfg.data.roi = pre.roi
+    return cfg, pre
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="an MRNet-layout set")
@@ -124,20 +139,17 @@ def main() -> None:
     ap.add_argument("--no-random", action="store_true", help="skip the random-weights control")
     ap.add_argument("--features", default="final", choices=("final", "skip"),
                     help="final block's tokens, or the mean of the GMML skip blocks (the decoder's input)")
-    ap.add_argument("--roi", help="the region of interest (data.roi: center, knee); default: the encoder's record")
+    ap.add_argument("--roi", help="the region of interest (data.roi: center, knee, acl); default: the encoder's record")
+    ap.add_argument("--crop", type=float, help="the region's size (data.crop) instead of the encoder's record; "
+                    "with --roi acl the window about the ligament (finetune/demo: 0.35)")
     ap.add_argument("--img-size", type=int, help="read the region at this size instead of the encoder's own")
     ap.add_argument("--within", help="also the AUC within each value of this knob of a synthetic set's "
                     "findings/valid.csv (e.g. sag_sequence)")
     ap.add_argument("--name", default="token_probe", help="results/NAME.json")
     a = ap.parse_args()
     t0, root = time.perf_counter(), Path(a.data)
-    cfg = load_config("finetune/cpu", ["data.task=acl", f"data.plane={a.plane}"])
     init = encoder_init(a.encoder)
-    pre = replace(init.preprocessing, roi=a.roi) if a.roi else init.preprocessing
-    cfg = init.configure(cfg)
-    cfg.data.roi = pre.roi
-    if a.img_size:  # the same region at another scale: more pixels per mm, the encoder's grid of positions resized
-        cfg.data.img_size, pre = a.img_size, replace(pre, img_size=a.img_size)
+    cfg, pre = probe_region(init, a.plane, a.roi, a.crop, a.img_size)
     rows = []
     for weights in ("gmml",) if a.no_random else ("gmml", "random"):
         torch.manual_seed(0)
