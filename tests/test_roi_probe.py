@@ -286,3 +286,16 @@ def test_frozen_batch_norm_keeps_an_exams_features_independent_of_its_batch(gmml
     sd, key = load_file(out / "model-0.safetensors"), "encoder.patch_embed.proj.1."
     assert torch.allclose(sd[key + "running_mean"], fresh.state_dict()[key + "running_mean"], atol=1e-5)
     assert not torch.equal(sd[key + "weight"], init.weights["patch_embed.proj.1.weight"])  # its scale learnt
+
+
+def test_kept_batch_norm_statistics_are_the_encoders(gmml_roi_run: Path, tiny_set: Path, tmp_path: Path):
+    """finetune.recalibrate_bn=false with frozen_bn: the stem normalises by the statistics it was pretrained with,
+    in the read-out and in fine-tuning, and the saved classifier still holds them (its scales learn)."""
+    init = encoder_init(str(gmml_roi_run))
+    out = tmp_path / "kept"
+    finetune(load_config(None, [*FT, f"init={gmml_roi_run}", "finetune.ensemble=1", "train.epochs=1",
+                                "finetune.frozen_bn=true", "finetune.recalibrate_bn=false"]), tiny_set, out)
+    sd, key = load_file(out / "model-0.safetensors"), "patch_embed.proj.1."
+    for stat in ("running_mean", "running_var"):
+        assert torch.equal(sd["encoder." + key + stat].float(), init.weights[key + stat].float())
+    assert not torch.equal(sd["encoder." + key + "weight"], init.weights[key + "weight"])

@@ -135,6 +135,10 @@ class FinetuneConfig:
     # from an encoder: its batch norms (a ViT's conv stem) normalise by their running statistics, re-estimated on
     # the clean slices, in fine-tuning too instead of by each batch of a few exams (as detection freezes them)
     frozen_bn: bool = False
+    # from an encoder: re-estimate its batch norms' running statistics on the clean slices first (engine/finetune:
+    # recalibrate_batch_norm); false keeps the statistics it was pretrained with (its record's scale and contrast).
+    # On selection family clinic the kept statistics read the tear better (docs/results.md, 2026-12-07)
+    recalibrate_bn: bool = True
     probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off);
     # the solver's iterations (L-BFGS) or steps (AdamW)
     probe_solver: str = "lbfgs"  # lbfgs (full batch, to convergence) | adamw (minibatches; the lr and batch below)
