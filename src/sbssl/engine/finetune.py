@@ -216,8 +216,9 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, data: Labelled, se
     model = build_classifier(cfg, init)
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
-    if init is not None and cfg.finetune.recalibrate_bn:  # also on resume: the feature table is rebuilt before
-        recalibrate_batch_norm(model, data.cache, data.read, pre, fabric.device)  # the checkpoint loads
+    # also on resume: a frozen encoder's feature table is rebuilt before the checkpoint loads
+    if init is not None and cfg.finetune.recalibrate_bn:
+        recalibrate_batch_norm(model, data.cache, data.read, pre, fabric.device)
     model.frozen_bn = cfg.finetune.frozen_bn and init is not None  # from random init there are no statistics yet
     done = -1 if st is None else st["epoch"]
     runlog = RunLog(out, f"member-{seed}", cfg.trainer.loggers, fabric.global_rank == 0,
