@@ -23,8 +23,9 @@ chosen by the seed-averaged difference's two-level interval (`ci95`: seeds, then
 holds the exams' noise alone. The own pretraining runs once per target.
 
 `--encoder NAME=PATH` adds an arm NAME: the demo's GMML recipe from that encoder (a candidate shipped encoder,
-pretrained on selection families), paired against random init, the CNN and the shipped encoder. `--variant NAME
-KEY=VALUE ...` adds an arm NAME: the GMML arm with those overrides (a candidate recipe change), paired likewise.
+pretrained on selection families), paired against random init, the CNN, the shipped encoder and the extra arms
+named before it. `--variant NAME KEY=VALUE ...` adds an arm NAME: the GMML arm with those overrides (a candidate
+recipe change), paired likewise.
 
 Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
 `--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
@@ -159,7 +160,8 @@ def main() -> None:
     if seeds and any(o.startswith("train.seed=") for o in a.set):
         ap.error("--seeds sets train.seed: leave it out of --set")
     extra_arms = {**{e: [f"init={p}"] for e, p in encoders.items()}, **variants}
-    pairs = [*PAIRS, *((e, other) for e in extra_arms for other in ("gmml", "scratch", "cnn"))]
+    extra = list(extra_arms)  # each extra arm against the shipped arms, and against the extra arms before it
+    pairs = [*PAIRS, *((e, other) for i, e in enumerate(extra) for other in ("gmml", "scratch", "cnn", *extra[:i]))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}
     result, summary = {}, []
     for name, root in targets.items():

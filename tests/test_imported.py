@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from sbssl.config import load_config
 from sbssl.errors import SbsslError
@@ -43,11 +44,17 @@ def test_alexnet_weights_start_the_mrnet_cnn(alexnet_file: Path, tiny_set: Path,
     for ours, theirs in ((4, 3), (8, 6), (11, 8), (14, 10)):
         torch.testing.assert_close(f[ours].weight, src[f"features.{theirs}.weight"])
     out = tmp_path / "ft"
+    # a recipe that keeps an encoder's batch-norm statistics (and freezes them) still estimates AlexNet's, which
+    # it never had: kept, the identity they start as would normalise nothing
     finetune(load_config("finetune/demo", [*CNN_128, f"init={alexnet_file}", "finetune.ensemble=1",
                                            "finetune.probe_steps=0", "train.epochs=1", "finetune.slices=4",
+                                           "finetune.recalibrate_bn=false", "finetune.frozen_bn=true",
                                            "trainer.accelerator=cpu"]), tiny_set, out)
     run = json.loads((out / "run.json").read_text())
     assert run["init"] == f"imported:{alexnet_file}" and run["preprocessing"]["img_size"] == 128
+    bn = load_file(out / "model-0.safetensors")
+    assert not torch.equal(bn["encoder.features.1.running_mean"], cnn.features[1].running_mean)
+    assert not torch.equal(bn["encoder.features.1.running_var"], cnn.features[1].running_var)
     assert (out / "metrics.json").exists()
 
 

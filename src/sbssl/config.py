@@ -136,8 +136,8 @@ class FinetuneConfig:
     # the clean slices, in fine-tuning too instead of by each batch of a few exams (as detection freezes them)
     frozen_bn: bool = False
     # from an encoder: re-estimate its batch norms' running statistics on the clean slices first (engine/finetune:
-    # recalibrate_batch_norm); false keeps the statistics it was pretrained with (its record's scale and contrast).
-    # On selection family clinic the kept statistics read the tear better (docs/results.md, 2026-12-07)
+    # recalibrate_batch_norm); false keeps the statistics it was pretrained with (its record's scale and contrast),
+    # as finetune/demo does since 2026-12-07 (docs/results.md). Imported weights have none: always estimated.
     recalibrate_bn: bool = True
     probe_steps: int = 0  # LP-FT: first fit aggregator + head on the frozen encoder's features (0 = off);
     # the solver's iterations (L-BFGS) or steps (AdamW)

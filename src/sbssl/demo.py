@@ -33,8 +33,10 @@ FULL = DemoSize(200, 120, 64, [], [], cnn=True)
 # The demo's fine-tuning arms (overrides of finetune/demo): the shipped recipes, which benchmarks/transfer.py
 # runs unchanged on other families. Random init has no features worth probing and needs a larger lr (finetune/cpu's).
 SCRATCH = ["init=scratch", "finetune.ensemble=1", "finetune.probe_steps=0"]
+# The CNN's recipe re-estimates and trains its batch norms (in every layer) as chosen, also from a GMML CNN encoder.
 ARMS = {"gmml": ["init=builtin:cpu"], "scratch": [*SCRATCH, "train.lr=1.6e-2"],
-        "cnn": [*SCRATCH, "model.name=mrnet_cnn", "train.lr=3.2e-2"]}
+        "cnn": [*SCRATCH, "model.name=mrnet_cnn", "train.lr=3.2e-2", "finetune.recalibrate_bn=true",
+                "finetune.frozen_bn=false"]}
 QUICK = DemoSize(32, 32, 64, ["train.epochs=1", "train.batch_size=32", "train.recon_every=1", "train.max_steps=4"],
                  ["finetune.ensemble=1", "train.epochs=1", "train.warmup_epochs=0", "finetune.probe_steps=50",
                   "train.max_steps=3"], cnn=False)  # a smoke run: every step, a few updates each

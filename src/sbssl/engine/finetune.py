@@ -217,7 +217,7 @@ def train_member(cfg: DictConfig, pre: Preprocessing, fabric, data: Labelled, se
     ck_dir = out / CHECKPOINTS / f"member-{seed}"
     st = ckpt.load_checkpoint(ck_dir)
     # also on resume: a frozen encoder's feature table is rebuilt before the checkpoint loads
-    if init is not None and cfg.finetune.recalibrate_bn:
+    if init is not None and (cfg.finetune.recalibrate_bn or not init.batch_norm_statistics):
         recalibrate_batch_norm(model, data.cache, data.read, pre, fabric.device)
     model.frozen_bn = cfg.finetune.frozen_bn and init is not None  # from random init there are no statistics yet
     done = -1 if st is None else st["epoch"]

@@ -79,6 +79,9 @@ class PretrainedEncoder:
     meta: dict[str, str]
     path: Path
 
+    # its batch norms' running statistics are those its later layers learnt on (finetune.recalibrate_bn)
+    batch_norm_statistics = True
+
     @property
     def tag(self) -> str:
         """run.json's init is "<tag>:<path>": the pretext that made the encoder (files before it was stored:

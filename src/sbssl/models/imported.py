@@ -72,6 +72,8 @@ class ImportedWeights:
 
     preprocessing = None  # no record: the run computes its own, as from random init
     tag = "imported"  # run.json's init: "imported:<path>"
+    # AlexNet has no batch norm and a timm ViT's patch stem none: nothing to keep, they are always estimated
+    batch_norm_statistics = False
 
     def configure(self, cfg: DictConfig) -> DictConfig:
         """The user's config, checked against the file: an AlexNet for the MRNet-style CNN (no file starts
