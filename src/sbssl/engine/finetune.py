@@ -60,9 +60,9 @@ def train_ensemble(cfg: DictConfig, fabric, root: Path, out: Path) -> Path:
     if init is not None:  # the encoder's architecture and input geometry; its preprocessing record below
         cfg = init.configure(asked)
         if rank0 and str(cfg.init).startswith("builtin:") and synth_family(root) != "demo":
-            log.warning("%s: the shipped encoder was pretrained on the demo's synthetic knees and barely transfers "
-                        "to data of another kind (benchmarks/transfer.py); init=auto pretrains on this folder's "
-                        "own slices first, as the paper does", root)
+            log.warning("%s: the shipped encoder was pretrained on the demo's synthetic knees; on knees of "
+                        "another kind compare it with init=auto, which pretrains on this folder's own slices "
+                        "first, as the paper does (README: Your own knees)", root)
     cache, records = slice_cache_for(cfg, root, "train", fabric)
     pre = init_preprocessing(init, cfg, cache.mean, cache.std)
     labels = np.array([r.label for r in records])
