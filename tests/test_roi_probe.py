@@ -299,3 +299,14 @@ def test_kept_batch_norm_statistics_are_the_encoders(gmml_roi_run: Path, tiny_se
     for stat in ("running_mean", "running_var"):
         assert torch.equal(sd["encoder." + key + stat].float(), init.weights[key + stat].float())
     assert not torch.equal(sd["encoder." + key + "weight"], init.weights[key + "weight"])
+
+
+def test_the_demo_recipe_keeps_a_vits_statistics_and_the_cnn_recipe_its_own():
+    """The shipped GMML recipe keeps the encoder's batch-norm statistics (chosen on selection sets, 2026-12-07);
+    the CNN's recipe, also when started from a GMML CNN encoder, re-estimates and trains them as it was chosen."""
+    from sbssl.demo import ARMS
+
+    vit = load_config("finetune/demo", ARMS["gmml"]).finetune
+    cnn = load_config("finetune/demo", [*ARMS["cnn"], "init=runs/pre-cnn"]).finetune
+    assert (vit.recalibrate_bn, vit.frozen_bn) == (False, True)
+    assert (cnn.recalibrate_bn, cnn.frozen_bn) == (True, False)
