@@ -24,6 +24,7 @@ from sbssl.engine.sampling import (
     stratified_folds,
     stratified_holdout,
 )
+from sbssl.engine.schedules import param_groups
 from sbssl.errors import SbsslError
 from sbssl.evaluation.metrics import auc_with_ci, exam_metrics, paired_auc_difference, seed_averaged_difference
 from sbssl.evaluation.report_files import paired_runs_over_seeds, read_predictions, write_predictions
@@ -268,6 +269,23 @@ def test_end_to_end_files_and_ensemble_average(ft_run: Path):
     assert not set(split["fit"]) & set(split["held_out"])  # model selection never sees the valid split
     assert all(int(c) < 24 for c in split["fit"] + split["held_out"])
 
+
+def test_layer_decay_scales_the_conv_stem_least_and_the_read_out_fully():
+    """finetune.layer_decay (BEiT/MAE): block i at decay**(depth + 1 - (i + 1)), the stem and embeddings (layer 0)
+    at the smallest rate, the instance read-out and final norm at the full one; decay 1.0 leaves one scale."""
+    cfg = load_config(None, [*TINY_VIT, "model.stem=conv", "model.patch_size=4", "finetune.aggregator=instance"])
+    model = build_classifier(cfg)
+    depth = len(model.encoder.blocks)
+    scale = {id(p): g["lr_scale"] for g in param_groups(model, 0.5, depth) for p in g["params"]}
+    named = dict(model.named_parameters())
+    stem = [n for n in named if "patch_embed.proj" in n]
+    assert stem and {scale[id(named[n])] for n in stem} == {0.5 ** (depth + 1)}
+    assert scale[id(model.encoder.blocks[0].attn.qkv.weight)] == 0.5 ** depth
+    assert scale[id(model.encoder.blocks[depth - 1].mlp.fc2.weight)] == 0.5
+    head = [n for n in named if not n.startswith("encoder.")]
+    assert head and {scale[id(named[n])] for n in head} == {1.0}
+    assert sum(len(g["params"]) for g in param_groups(model, 0.5, depth)) == len(named)
+    assert {g["lr_scale"] for g in param_groups(model, 1.0, depth)} == {1.0}
 
 def test_gmml_init_loads_the_pretrained_encoder(gmml_run: Path):
     init = encoder_init(str(gmml_run))
