@@ -276,7 +276,8 @@ def test_layer_decay_scales_the_conv_stem_least_and_the_read_out_fully():
     cfg = load_config(None, [*TINY_VIT, "model.stem=conv", "model.patch_size=4", "finetune.aggregator=instance"])
     model = build_classifier(cfg)
     depth = len(model.encoder.blocks)
-    scale = {id(p): g["lr_scale"] for g in param_groups(model, 0.5, depth) for p in g["params"]}
+    groups = param_groups(model, 0.5, depth)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     stem = [n for n in named if "patch_embed.proj" in n]
     assert stem and {scale[id(named[n])] for n in stem} == {0.5 ** (depth + 1)}
@@ -284,8 +285,9 @@ def test_layer_decay_scales_the_conv_stem_least_and_the_read_out_fully():
     assert scale[id(model.encoder.blocks[depth - 1].mlp.fc2.weight)] == 0.5
     head = [n for n in named if not n.startswith("encoder.")]
     assert head and {scale[id(named[n])] for n in head} == {1.0}
-    assert sum(len(g["params"]) for g in param_groups(model, 0.5, depth)) == len(named)
+    assert sum(len(g["params"]) for g in groups) == len(named)
     assert {g["lr_scale"] for g in param_groups(model, 1.0, depth)} == {1.0}
+
 
 def test_gmml_init_loads_the_pretrained_encoder(gmml_run: Path):
     init = encoder_init(str(gmml_run))
