@@ -14,7 +14,7 @@ init and against the CNN.
     python benchmarks/transfer.py --work DIR --families shifted [--data ROOT ...] [--arms gmml,scratch,cnn,own,auto]
                                   [--train 400 --valid 120 --size 256] [--pretrain train.epochs=24]
                                   [--set data.roi=knee] [--encoder varied=ENCODER.safetensors ...] [--seeds 0,1,2]
-                                  [--variant dp0 model.drop_path=0 ...]
+                                  [--variant dp0 model.drop_path=0 ...] [--variant cnn5:cnn finetune.ensemble=5]
 
 `--seeds` trains every arm at each training seed (train.seed: the held-out fifth that picks the epoch, the
 members' seeds, the batch order) and averages each paired difference over them. At CPU scale one recipe at two
@@ -25,7 +25,9 @@ holds the exams' noise alone. The own pretraining runs once per target.
 `--encoder NAME=PATH` adds an arm NAME: the demo's GMML recipe from that encoder (a candidate shipped encoder,
 pretrained on selection families), paired against random init, the CNN, the shipped encoder and the extra arms
 named before it. `--variant NAME KEY=VALUE ...` adds an arm NAME: the GMML arm with those overrides (a candidate
-recipe change), paired likewise.
+recipe change), paired likewise; `--variant NAME:ARM ...` starts from another shipped arm's overrides instead (e.g.
+`cnn5:cnn finetune.ensemble=5`: the CNN given what a GMML candidate is given, so that the candidate's gain is not
+read as pretraining's).
 
 Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
 `--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
@@ -152,10 +154,12 @@ def main() -> None:
     work, arms = Path(a.work), [x for x in a.arms.split(",") if x]
     unknown = [x for x in arms if x not in OVERRIDES]
     encoders = dict(e.split("=", 1) for e in a.encoder)
-    variants = {v[0]: [*OVERRIDES["gmml"], *v[1:]] for v in a.variant}
-    if unknown or any(not v for v in encoders.values()) or any(len(v) < 2 or "=" in v[0] for v in a.variant):
+    bases = [v[0].partition(":")[2] or "gmml" for v in a.variant]  # NAME:ARM starts from ARM's overrides
+    variants = {v[0].partition(":")[0]: [*OVERRIDES.get(b, []), *v[1:]] for v, b in zip(a.variant, bases, strict=True)}
+    if (unknown or any(not v for v in encoders.values()) or any(len(v) < 2 or "=" in v[0] for v in a.variant)
+            or any(b not in ARMS for b in bases)):
         ap.error(f"unknown arms {unknown} (known: {', '.join(OVERRIDES)}); --encoder takes NAME=PATH, "
-                 "--variant NAME KEY=VALUE ...")
+                 f"--variant NAME[:ARM] KEY=VALUE ... with ARM one of {', '.join(ARMS)}")
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     if seeds and any(o.startswith("train.seed=") for o in a.set):
         ap.error("--seeds sets train.seed: leave it out of --set")

@@ -159,7 +159,7 @@ def test_too_few_labels_to_choose_by_fit_every_exam_and_keep_the_last_epoch(tiny
         assert f.metadata()["best_epoch"] == "1"
 
 
-def test_member_holdout_trains_each_member_on_the_others_folds_and_fusion_refuses_it(tiny_set: Path,
+def test_member_holdout_trains_each_member_on_the_others_folds_and_fuses_out_of_fold(tiny_set: Path,
                                                                                       tmp_path: Path):
     out = tmp_path / "folds"
     finetune(load_config(None, [*TINY_VIT, *FT, "finetune.ensemble=2", "init=scratch", "finetune.select=auc",
@@ -170,13 +170,22 @@ def test_member_holdout_trains_each_member_on_the_others_folds_and_fusion_refuse
     for seed, held in (("0", a), ("1", b)):
         meta = safe_open_meta(out / f"model-{seed}.safetensors")
         assert int(meta["heldout_exams"]) == len(held) and math.isfinite(float(meta["heldout_auc"]))
-    from sbssl.evaluation.fusion import check_runs
+    from sbssl.engine.inference import load_ensemble, score_split
+    from sbssl.evaluation.fusion import fuse, out_of_fold_probs
 
+    cases = sorted(a | b)  # each exam scored by the one member that held it out, never by the one fitted on it
+    _, oof = out_of_fold_probs(out, tiny_set, cases)
+    ens = load_ensemble(out)
+    _, probs = score_split(ens, tiny_set, "train", cases)
+    by_seed = dict(zip(ens.seeds, probs, strict=True))
+    want = [by_seed[0][i] if c in a else by_seed[1][i] for i, c in enumerate(cases)]
+    np.testing.assert_allclose(oof, want, atol=1e-6)
+    assert not np.allclose(oof, probs.mean(0))
     other = tmp_path / "coronal"  # the same run standing in for a second plane
     shutil.copytree(out, other)
     (other / "config.yaml").write_text((out / "config.yaml").read_text().replace("sagittal", "coronal"))
-    with pytest.raises(SbsslError, match="finetune.holdout=shared"):
-        check_runs([out, other])
+    fuse([out, other], tmp_path / "fused", tiny_set)
+    assert json.loads((tmp_path / "fused" / "fusion.json").read_text())["fitted_on"]["n"] == 24  # every exam
 
 
 def test_labelled_subsets_are_stratified_and_nested():

@@ -24,7 +24,8 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
                           "--train", "10", "--valid", "8", "--size", "48", "--set", *small, "data.roi=knee",
                           "--pretrain", "train.batch_size=16", "train.recon_every=0",
                           "--encoder", f"again={tmp_path / 'mixed' / 'pretrain-own' / 'encoder.safetensors'}",
-                          "--variant", "slow", "train.lr=1e-6", "--seeds", "0,1",
+                          "--variant", "slow", "train.lr=1e-6", "--variant", "slowcnn:cnn", "train.lr=1e-6",
+                          "--seeds", "0,1",
                           "--out-json", str(tmp_path / "r.json")],
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -35,7 +36,7 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
     own = json.loads((tmp_path / "mixed" / "pretrain-own" / "run.json").read_text())["preprocessing"]
     region = OmegaConf.load(tmp_path / "mixed" / "finetune-gmml" / "config.yaml").data
     assert (own["roi"], own["crop"], own["slab"]) == ("knee", region.crop, region.slab)  # the classifier's region
-    for arm in ("gmml", "scratch", "cnn", "own", "again", "slow"):
+    for arm in ("gmml", "scratch", "cnn", "own", "again", "slow", "slowcnn"):
         for seed, name in enumerate((f"finetune-{arm}", f"finetune-{arm}-seed1")):  # seed 0 keeps the old name
             run = tmp_path / "mixed" / name
             cases, _, _ = read_predictions(run / "predictions.csv")
@@ -45,10 +46,11 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
             assert info["preprocessing"]["roi"] == "knee"  # --set reached it
             assert arm not in ("own", "again") or "pretrain-own" in info["init"]  # one own pretraining for all seeds
             asked = OmegaConf.load(run / "config.yaml")
-            assert (asked.train.lr == 1e-6) == (arm == "slow") and (arm != "slow" or "gmml" in info["init"])
+            assert (asked.train.lr == 1e-6) == arm.startswith("slow") and (arm != "slow" or "gmml" in info["init"])
+            assert (asked.model.name == "mrnet_cnn") == arm.endswith("cnn")  # a variant of the CNN arm is a CNN
         assert out[arm]["auc"] == pytest.approx(np.mean(out[arm]["auc_per_seed"]))
     for pair in ("gmml-scratch", "own-scratch", "gmml-cnn", "own-cnn", "own-gmml", "again-scratch", "again-cnn",
-                 "again-gmml", "slow-gmml", "slow-scratch"):
+                 "again-gmml", "slow-gmml", "slow-scratch", "slowcnn-cnn", "slowcnn-slow"):
         a, b = pair.split("-")
         per_seed = np.subtract(out[a]["auc_per_seed"], out[b]["auc_per_seed"])
         assert out[pair]["per_seed"] == pytest.approx(per_seed, abs=1e-9)

@@ -2,7 +2,9 @@
 
 Honest fit: the regression is fitted on *train* exams that no plane model trained on, their held-out part (the
 same exams for every plane when the plane runs share seed, label budget and held-out fraction), and the fused
-model is then scored once on the split it reports. The held-out part also chose each model's epoch, so its
+model is then scored once on the split it reports. Where each member held out its own fold
+(`finetune.holdout=member`), every exam is scored by the members that held it out (out of fold, as in stacking),
+so the fit uses every exam some member held out. The held-out part also chose each model's epoch, so its
 probabilities are slightly optimistic; the valid split is never touched by either choice.
 """
 
@@ -28,12 +30,39 @@ def run_config(run: Path):
     return OmegaConf.load(path)
 
 
-def held_out_cases(run: Path) -> list[str]:
+def held_out_parts(run: Path) -> dict[int | None, list[str]]:
+    """The run's held-out train exams: {None: cases} when its members share one part (`finetune.holdout=shared`),
+    {member seed: cases} when each held out its own (`member`)."""
     path = Path(run) / SPLIT
     try:
-        return list(json.loads(path.read_text())["held_out"])
-    except (OSError, ValueError, KeyError, TypeError):
+        split = json.loads(path.read_text())
+        if split.get("members"):
+            return {int(seed): list(cases) for seed, cases in split["members"].items()}
+        return {None: list(split["held_out"])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise SbsslError(f"{path}: missing or unreadable (fuse needs the run's held-out train exams)") from None
+
+
+def held_out_cases(run: Path) -> list[str]:
+    """Every train exam that some member of the run held out, in the run's order."""
+    return list(dict.fromkeys(c for cases in held_out_parts(run).values() for c in cases))
+
+
+def out_of_fold_probs(run: Path, root: Path, cases: list[str], device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probability) of held-out train exams, each the mean of the members that held it out (all of them
+    for a shared part): no exam is scored by a model that trained on it."""
+    from sbssl.engine.inference import load_ensemble, score_split
+
+    parts, ens = held_out_parts(run), load_ensemble(run, device)
+    records, probs = score_split(ens, root, "train", cases)
+    if None in parts:
+        held = np.ones_like(probs)
+    else:  # (members, exams): which member held out which exam
+        sets = [set(parts.get(seed, ())) for seed in ens.seeds]
+        held = np.array([[r.case in part for r in records] for part in sets], float)
+    if not held.any(0).all():
+        raise SbsslError(f"fuse: {run} has no member model for some of its held-out exams (model files missing?)")
+    return np.array([r.label for r in records]), (probs * held).sum(0) / held.sum(0)
 
 
 def ensemble_probs(run: Path, root: Path, split: str, cases: list[str] | None = None,
@@ -60,12 +89,12 @@ def check_runs(runs: list[Path]) -> tuple[list, str, list[str]]:
     for r, h in zip(runs[1:], held[1:], strict=True):
         if sorted(h) != sorted(held[0]):
             raise SbsslError(f"fuse: {r} held out other train exams than {runs[0]}; train the plane runs with "
-                             "the same train.seed, finetune.labels and finetune.val_fraction")
+                             "the same train.seed, finetune.labels, finetune.val_fraction, finetune.holdout and "
+                             "finetune.ensemble")
     if not held[0]:
         raise SbsslError(f"fuse: {runs[0]} held out no train exams (a read-out alone, train.epochs=0, or "
-                         "finetune.select=last, or too few labels for auto, fits on all of them; "
-                         "finetune.holdout=member holds out other exams per member); train the plane runs with "
-                         "train.epochs >= 1, finetune.select=auc and finetune.holdout=shared to fuse them")
+                         "finetune.select=last, or too few labels for auto, fits on all of them); train the plane "
+                         "runs with train.epochs >= 1 and finetune.select=auc to fuse them")
     if len(set(held[0])) < 4:
         raise SbsslError(f"fuse: {runs[0]} held out {len(held[0])} train exams; too few to fit the fusion")
     return cfgs, tasks.pop(), held[0]
@@ -82,7 +111,7 @@ def fuse(runs: list[Path], out: Path, root: Path | None = None, split: str = "va
     planes = [str(c.data.plane) for c in cfgs]
     fit_cols, y_fit = [], None
     for r in runs:
-        _, y, p = ensemble_probs(r, root, "train", held, device)
+        y, p = out_of_fold_probs(r, root, held, device)
         fit_cols.append(p)
         if y_fit is not None and not np.array_equal(y, y_fit):
             raise SbsslError(f"fuse: {r} labels the held-out exams differently from {runs[0]}")
@@ -110,7 +139,7 @@ def fuse(runs: list[Path], out: Path, root: Path | None = None, split: str = "va
     atomic_write_json(out / FUSION, {
         "task": task, "planes": planes, "runs": [str(r.resolve()) for r in runs], "root": str(root),
         "weights": lr.coef_[0].tolist(), "intercept": float(lr.intercept_[0]), "features": "plane probabilities",
-        "fitted_on": {"split": "train (held-out part)", "n": len(held), "positives": int(y_fit.sum())}})
+        "fitted_on": {"split": "train (held-out part, out of fold)", "n": len(held), "positives": int(y_fit.sum())}})
     atomic_write_json(out / METRICS, metrics)  # written last: marks a finished fusion
     return metrics
 
