@@ -198,8 +198,8 @@ def main() -> None:
             for arm in arms:
                 run = work / f"{arm}-{n_used}-s{seed}"
                 epochs = 0 if arm.startswith("mil") else epochs_for(n_used, a.steps)
-                over = [*arm_overrides(arm, a.encoder, cnn_inits), "finetune.ensemble=1", f"finetune.labels={n}",
-                        f"train.seed={seed}", f"train.epochs={epochs}", *a.finetune.split()]
+                over = [*arm_overrides(arm, a.encoder, cnn_inits), "finetune.ensemble=1", "finetune.holdout=shared",
+                        f"finetune.labels={n}", f"train.seed={seed}", f"train.epochs={epochs}", *a.finetune.split()]
                 if not (run / "metrics.json").exists():
                     finetune(load_config(base_recipe(arm), over), data, run)
                 m = load_metrics(run)

@@ -310,3 +310,25 @@ def test_the_demo_recipe_keeps_a_vits_statistics_and_the_cnn_recipe_its_own():
     cnn = load_config("finetune/demo", [*ARMS["cnn"], "init=runs/pre-cnn"]).finetune
     assert (vit.recalibrate_bn, vit.frozen_bn) == (False, True)
     assert (cnn.recalibrate_bn, cnn.frozen_bn) == (True, False)
+
+
+def test_the_demo_recipe_fits_every_exam_in_four_of_five_members_and_the_demo_runs_two_sharing_a_fifth():
+    """finetune/demo is the paper's five-member ensemble as a cross-validation (chosen on selection sets,
+    2026-12-07): each labelled exam chooses one member's epoch and trains the other four. The demo keeps its two
+    members on one shared fifth (its time budget); the baselines one member each."""
+    from sbssl.demo import ARMS, FULL
+    from sbssl.engine.finetune import member_splits
+
+    labels = (np.arange(200) % 5 == 0).astype(int)  # 40 positives, MRNet's ACL prevalence in train
+    used = np.arange(200)
+    splits = member_splits(load_config("finetune/demo", ARMS["gmml"]), labels, used)
+    fitted, held = np.zeros(200, int), np.zeros(200, int)
+    for fit, out in splits:
+        fitted[fit] += 1
+        held[out] += 1
+        assert labels[out].sum() == 8  # stratified: each fifth holds a fifth of the positives
+    assert len(splits) == 5 and (fitted == 4).all() and (held == 1).all()
+    demo = member_splits(load_config("finetune/demo", [*FULL.finetune, *ARMS["gmml"]]), labels, used)
+    assert len(demo) == 2 and all(np.array_equal(a[1], demo[0][1]) for a in demo) and len(demo[0][1]) == 40
+    for arm in ("scratch", "cnn"):
+        assert len(member_splits(load_config("finetune/demo", [*FULL.finetune, *ARMS[arm]]), labels, used)) == 1

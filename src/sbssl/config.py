@@ -127,9 +127,10 @@ class FinetuneConfig:
     select: str = "auto"  # auc (best held-out AUC) | last (no held-out part: every labelled exam fits, the last
     # epoch kept) | auto: auc when the held-out part would hold min_heldout exams of each class, else last
     min_heldout: int = 5
-    # shared: one stratified part chooses every member's epoch (fusion fits on it) | member: member m holds out
-    # fold m of a stratified k-fold, k = round(1 / val_fraction), so that each member chooses its epoch on its own
-    # exams and every labelled exam trains k - 1 of k members (a cross-validation ensemble)
+    # shared: one stratified part chooses every member's epoch | member: member m holds out fold m of a stratified
+    # k-fold, k = round(1 / val_fraction), so that each member chooses its epoch on its own exams and every labelled
+    # exam trains k - 1 of k members (a cross-validation ensemble; finetune/demo's since 2026-12-07). Fusion fits
+    # on the held-out exams either way (out of fold with member)
     holdout: str = "shared"
     freeze: bool = False  # linear probing: the encoder stays as initialised, only aggregator + head train
     # from an encoder: its batch norms (a ViT's conv stem) normalise by their running statistics, re-estimated on

@@ -173,7 +173,8 @@ def plan(out: Path, scale: str, sz: Sizes, extra: list[str] | None = None, image
         finetune("table1/vit-scratch-token", "finetune/demo", ARMS["scratch"])
         enc = "builtin:cpu" if shipped_encoder else pretrain("sagittal-vit_tiny", pre_cfg, ["data.plane=sagittal"],
                                                              None)
-        finetune("table1/sbssl-vit_tiny", "finetune/demo", [f"init={enc}"])
+        # one member at this scale: holding out the fifth its random-init pair holds out
+        finetune("table1/sbssl-vit_tiny", "finetune/demo", [f"init={enc}", "finetune.holdout=shared"])
     else:
         for vit in ["vit_tiny", "vit_small", "vit_base"]:
             enc = pretrain(f"sagittal-{vit}", f"pretrain/{vit}", ["data.plane=sagittal"], pre_epochs)
