@@ -246,3 +246,31 @@ def test_synth_family_cli_gallery_record_and_check(tmp_path: Path, capsys):
     assert_user_error(run_cli("synth", "--out", tmp_path / "x", "--train", 1, "--valid", 1, "--family", "nope"),
                       "nope", "known")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_mix_of_families_takes_them_in_turn_and_each_exam_is_its_familys_own(tmp_path: Path, capsys):
+    from sbssl.cli import main
+    from sbssl.synth.landmarks import replayed_acl_midpoint
+
+    out = tmp_path / "mix"
+    assert main(["synth", "--out", str(out), "--train", "4", "--valid", "2", "--size", "48", "--family",
+                 "demo,varied", "--workers", "1", "--seed", "5"]) == 0
+    rows = [r.split(",") for r in (out / "findings" / "train.csv").read_text().splitlines()]
+    col = rows[0].index("family")
+    assert [r[col] for r in rows[1:]] == ["demo", "varied", "demo", "varied"]
+    assert rows[1][rows[0].index("warp_mm")] == "" and rows[2][rows[0].index("warp_mm")] != ""  # demo: no knobs
+    rec = json.loads((out / "findings" / "synth.json").read_text())
+    assert set(rec["family"]) == {"demo", "varied"} and rec["family"]["varied"]["anatomy"] == FAMILIES["varied"].anatomy
+    labels = [Labels(*map(int, (a, b, c))) for a, b, c in zip(*(
+        [ln.split(",")[1] for ln in (out / f"train-{t}.csv").read_text().splitlines()]
+        for t in ("abnormal", "acl", "meniscus")), strict=True)]
+    for case, fam in ((0, None), (1, family("varied"))):
+        alone = render_exam(5, case, "train", labels[case], 48, 0.5, fam).volumes["sagittal"]
+        np.testing.assert_array_equal(np.load(out / "train" / "sagittal" / f"{case:04d}.npy"), alone)
+    assert replayed_acl_midpoint(rec["spec"], 1, labels[1]).shape == (3,)
+    with pytest.raises(ValueError, match="demo"):
+        replayed_acl_midpoint(rec["spec"], 2, labels[2])
+    assert synth_family(out) == "demo,varied"
+    assert main(["check", "--data", str(out)]) == 0, capsys.readouterr()
+    assert_user_error(run_cli("synth", "--out", tmp_path / "x", "--train", 1, "--valid", 1, "--family", "demo,nope"),
+                      "nope", "known")

@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prevalence", type=float, default=0.0,
                    help="share of ACL tears in the train split (default: MRNet's 18.4%%; valid keeps MRNet's 45%%)")
     p.add_argument("--family", default="demo",
-                   help="acquisition family (synth/family.py: demo, clinic, mixed, shifted): contrast, field of "
-                        "view, position, slices, matrix, artefacts and storage drawn per exam from its ranges")
+                   help="acquisition family (synth/family.py: demo, clinic, mixed, varied, shifted, morphed): "
+                        "contrast, field of view, position, slices, matrix, artefacts, storage and subject drawn "
+                        "per exam from its ranges; a comma-separated list mixes families, exams taking them in "
+                        "turn")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.add_argument("--gallery", action="store_true", help="also write PNG mosaics under OUT/gallery/")
     p.add_argument("--overwrite", action="store_true")
@@ -197,18 +199,20 @@ def cmd_synth(a: argparse.Namespace) -> None:
         raise SbsslError("synth: --difficulty must be in [0, 1]")
     if not 0.0 <= a.prevalence < 1.0:
         raise SbsslError("synth: --prevalence must be in [0, 1) (0 = MRNet's)")
-    if a.family not in FAMILIES:
-        raise SbsslError(f"synth: unknown --family {a.family!r} (known: {', '.join(FAMILIES)})")
+    for name in a.family.split(","):
+        if name not in FAMILIES:
+            raise SbsslError(f"synth: unknown --family {name!r} (known: {', '.join(FAMILIES)}; a mix: a,b,...)")
     out = Path(a.out)
     prepare_out(out, a.overwrite, marker="train-acl.csv")
     spec = SynthSpec(a.train, a.valid, a.size, a.seed, a.difficulty, a.prevalence, a.workers or os.cpu_count() or 1,
                      a.family)
     generate(out, spec)
     if a.gallery:
-        fam = FAMILIES[a.family]
+        fam = FAMILIES[spec.families()[0]]
         acl_gallery(out / "gallery" / "acl.png", seed=a.seed, size=a.size, difficulty=a.difficulty, family=fam)
         meniscus_gallery(out / "gallery" / "meniscus.png", seed=a.seed, size=a.size, family=fam)
-        family_gallery(out / "gallery" / f"family-{a.family}.png", fam, seed=a.seed, size=a.size)
+        for name in spec.families():
+            family_gallery(out / "gallery" / f"family-{name}.png", FAMILIES[name], seed=a.seed, size=a.size)
     print(f"wrote {a.train}+{a.valid} exams to {out}")
 
 

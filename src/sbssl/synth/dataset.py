@@ -30,7 +30,16 @@ class SynthSpec:
     difficulty: float = 0.5
     prevalence: float = 0.0  # share of ACL tears in the train split; 0 = MRNet's (valid always keeps MRNet's)
     workers: int = max(os.cpu_count() or 1, 1)
-    family: str = "demo"  # synth/family.py: FAMILIES
+    family: str = "demo"  # synth/family.py: FAMILIES; "a,b,...": a mix, the exams' families taken in turn
+
+    def families(self) -> list[str]:
+        return self.family.split(",")
+
+    def family_of(self, case: int) -> str:
+        """Case i's family: the mix's families in turn (balanced in every split, and each exam is the one its
+        family alone would draw at this seed and case)."""
+        names = self.families()
+        return names[case % len(names)]
 
     def cases(self) -> list[tuple[str, int]]:
         return [("train", i) for i in range(self.train)] + \
@@ -65,10 +74,13 @@ def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) ->
 
 def _write_exam(args: tuple) -> dict[str, object]:
     out, split, case, labels, spec = args
-    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(spec.family))
+    name = spec.family_of(case)
+    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(name))
     for plane, vol in exam.volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
     row = findings_row(case, exam.knee.findings)
+    if len(spec.families()) > 1:
+        row["family"] = name
     if exam.acquisitions:  # what the family drew for the sagittal series (the plane the tasks read first)
         row.update({f"sag_{k}": (round(v, 4) if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
                     for k, v in asdict(exam.acquisitions["sagittal"]).items()})
@@ -106,10 +118,11 @@ def generate(out: Path, spec: SynthSpec) -> None:
                     rows.append(row)
                     bar.advance()
     write_findings(out / FINDINGS_DIR, rows, spec.train)
-    fam = family(spec.family)
+    described = {name: (fam.describe() if (fam := family(name)) else "demo (synth/exam.py)")
+                 for name in spec.families()}
     atomic_write_json(out / FINDINGS_DIR / SYNTH_RECORD,
                       {"spec": {k: v for k, v in asdict(spec).items() if k != "workers"},
-                       "family": fam.describe() if fam else "demo (synth/exam.py)"})
+                       "family": described[spec.family] if len(described) == 1 else described})
     for split, first in (("train", 0), ("valid", spec.train)):
         for task in TASKS:
             rows = "".join(f"{first + i:04d},{getattr(lab, task)}\n" for i, lab in enumerate(labels[split]))
@@ -121,6 +134,7 @@ def write_findings(folder: Path, rows: list[dict[str, object]], n_train: int) ->
     folder.mkdir(parents=True, exist_ok=True)
     for split, part in (("train", rows[:n_train]), ("valid", rows[n_train:])):
         if part:
-            header = ",".join(part[0])
-            body = "".join(",".join(str(v) for v in r.values()) + "\n" for r in part)
+            columns = list(dict.fromkeys(k for r in part for k in r))  # a mix: the demo's rows lack the knobs
+            header = ",".join(columns)
+            body = "".join(",".join(str(r.get(k, "")) for k in columns) + "\n" for r in part)
             atomic_write_text(folder / f"{split}.csv", header + "\n" + body)
