@@ -123,13 +123,15 @@ def test_acl_mode_in_the_record_the_preparation_and_the_cache(tmp_path: Path):
 
 
 def test_the_users_window_survives_a_pretrained_encoder_with_roi_acl():
-    """The shipped encoder's crop (0.5) is its region about the knee; with data.roi=acl the window is the user's."""
+    """The shipped encoder's crop is the scale it learnt (0.35 x the field about the ACL); with data.roi=acl the
+    window is the user's, about the knee box the encoder's scale holds."""
     enc = encoder_init("builtin:cpu")
-    acl = enc.configure(load_config("finetune/demo", ["data.roi=acl", "data.crop=0.35"]))
-    assert acl.data.crop == 0.35 and acl.data.img_size == enc.preprocessing.img_size
-    assert init_preprocessing(enc, acl, 0.0, 1.0).crop == 0.35
-    knee = enc.configure(load_config("finetune/demo", ["data.roi=knee", "data.crop=0.35"]))
-    assert init_preprocessing(enc, knee, 0.0, 1.0).crop == enc.preprocessing.crop
+    assert (enc.preprocessing.roi, enc.preprocessing.crop) == ("acl", 0.35)
+    acl = enc.configure(load_config("finetune/demo", ["data.roi=acl", "data.crop=0.3"]))
+    assert acl.data.crop == 0.3 and acl.data.img_size == enc.preprocessing.img_size
+    assert init_preprocessing(enc, acl, 0.0, 1.0).crop == 0.3
+    knee = enc.configure(load_config("finetune/demo", ["data.roi=knee", "data.crop=0.3"]))
+    assert init_preprocessing(enc, knee, 0.0, 1.0).crop == enc.preprocessing.crop != 0.3
 
 
 def test_make_localiser_trains_on_a_family_set_and_writes_what_preparation_reads(tmp_path: Path):

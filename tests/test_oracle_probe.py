@@ -163,14 +163,14 @@ def test_paired_runs_cli_pairs_seed_k_of_a_with_seed_k_of_b(tmp_path: Path):
 
 
 def test_token_probe_reads_the_encoder_on_the_asked_region(bench):
-    """--roi acl --crop 0.35 must reach both the slice cache's config and the record (the encoder's intensity
-    statistics kept); without them the probe reads the encoder's own region."""
+    """--roi and --crop (here about the knee box) must reach both the slice cache's config and the record (the
+    encoder's intensity statistics kept); without them the probe reads the encoder's own region."""
     from sbssl.models.encoder_file import encoder_init
 
     init = encoder_init("builtin:cpu")
     own_cfg, own = bench.tokens.probe_region(init, "sagittal")
     shipped = init.preprocessing
     assert (own_cfg.data.roi, own_cfg.data.crop) == (own.roi, own.crop) == (shipped.roi, shipped.crop)
-    cfg, pre = bench.tokens.probe_region(init, "sagittal", "acl", 0.35, 48)
-    assert (cfg.data.roi, cfg.data.crop, cfg.data.img_size) == (pre.roi, pre.crop, pre.img_size) == ("acl", 0.35, 48)
+    cfg, pre = bench.tokens.probe_region(init, "sagittal", "knee", 0.5, 48)
+    assert (cfg.data.roi, cfg.data.crop, cfg.data.img_size) == (pre.roi, pre.crop, pre.img_size) == ("knee", 0.5, 48)
     assert pre.crop != own.crop and (pre.slab, pre.mean, pre.std) == (own.slab, own.mean, own.std)
