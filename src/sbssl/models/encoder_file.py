@@ -109,8 +109,8 @@ class PretrainedEncoder:
     def configure(self, cfg: DictConfig) -> DictConfig:
         """A copy of `cfg` with the encoder's architecture (the user's `cfg` is left as asked). data.roi stays
         the user's: an exam's ROI box (KneeMRI) is a per-exam choice, not the encoder's scale. With data.roi=acl
-        the region (crop: the window about the ligament; slab) stays the user's too: the encoder's crop and slab
-        described its region about the knee, which the ACL's window does not share."""
+        the region (crop: the window about the ligament; slab) stays the user's too: the window is the task's
+        choice, while about the knee (or the centre) the encoder's crop is the scale its weights learnt."""
         return with_architecture(cfg, self.architecture(str(cfg.data.roi)))
 
     def load_into(self, encoder: torch.nn.Module) -> torch.nn.Module:
