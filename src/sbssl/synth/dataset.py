@@ -11,7 +11,7 @@ import numpy as np
 
 from sbssl.data.layout import FINDINGS_DIR, PLANES, SYNTH_RECORD, TASKS
 from sbssl.synth.exam import Labels, findings_row, render_exam
-from sbssl.synth.family import family, subject_row
+from sbssl.synth.family import family, mix_member, subject_row
 from sbssl.utils.io import atomic_write_json, atomic_write_text, save_npy_atomic
 from sbssl.utils.progress import progress
 
@@ -34,12 +34,6 @@ class SynthSpec:
 
     def families(self) -> list[str]:
         return self.family.split(",")
-
-    def family_of(self, case: int) -> str:
-        """Case i's family: the mix's families in turn (balanced in every split, and each exam is the one its
-        family alone would draw at this seed and case)."""
-        names = self.families()
-        return names[case % len(names)]
 
     def cases(self) -> list[tuple[str, int]]:
         return [("train", i) for i in range(self.train)] + \
@@ -74,7 +68,7 @@ def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) ->
 
 def _write_exam(args: tuple) -> dict[str, object]:
     out, split, case, labels, spec = args
-    name = spec.family_of(case)
+    name = mix_member(spec.family, case)
     exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(name))
     for plane, vol in exam.volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)

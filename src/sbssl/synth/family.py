@@ -92,6 +92,13 @@ SELECTION_FAMILIES = ("clinic", "mixed", "varied")
 HELD_OUT_FAMILIES = ("shifted", "morphed")
 
 
+def mix_member(mix: str, case: int) -> str:
+    """The family of case `case` in a mix "a,b,...": the families in turn (balanced in every split; each exam is
+    the one its family alone draws at that seed and case)."""
+    names = mix.split(",")
+    return names[case % len(names)]
+
+
 def family(name: str) -> Family | None:
     """The named family (None: the demo's generator); one clear line for an unknown name."""
     if name not in FAMILIES:

@@ -17,7 +17,14 @@ from sbssl.data.layout import PLANES
 from sbssl.synth.anatomy import acl_ends, sample_knee
 from sbssl.synth.dataset import assign_labels
 from sbssl.synth.exam import Exam, Labels, sample_findings
-from sbssl.synth.family import acquisition_grid, draw_acquisition, family, stored_grid, vary_anatomy
+from sbssl.synth.family import (
+    acquisition_grid,
+    draw_acquisition,
+    family,
+    mix_member,
+    stored_grid,
+    vary_anatomy,
+)
 
 
 def acl_midpoint(exam: Exam) -> np.ndarray:
@@ -28,8 +35,7 @@ def acl_midpoint(exam: Exam) -> np.ndarray:
 def replayed_acl_midpoint(spec: dict, case: int, labels: Labels) -> np.ndarray:
     """(slice, row, col) of the ACL's midpoint in case `case` of a family set with this synth.json `spec`,
     from its draws alone (a hundred times faster than rendering it)."""
-    names = str(spec["family"]).split(",")  # a mix: its exams take the families in turn (synth.SynthSpec)
-    fam = family(names[case % len(names)])
+    fam = family(mix_member(str(spec["family"]), case))
     if fam is None:
         raise ValueError("the ACL's position is replayed from a family's draws; the demo generator's set has none")
     rng = np.random.default_rng([spec["seed"], case])
