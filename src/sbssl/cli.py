@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default="demo",
                    help="acquisition family (synth/family.py: demo, clinic, mixed, varied, shifted, morphed): "
                         "contrast, field of view, position, slices, matrix, artefacts, storage and subject drawn "
-                        "per exam from its ranges; a comma-separated list mixes families, exams taking them in "
-                        "turn")
+                        "per exam from its ranges; phantom2: another anatomy, tissue model and renderer "
+                        "(synth/phantom2.py, a held-out check); a comma-separated list mixes families, exams "
+                        "taking them in turn")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = all cores)")
     p.add_argument("--gallery", action="store_true", help="also write PNG mosaics under OUT/gallery/")
     p.add_argument("--overwrite", action="store_true")
@@ -186,7 +187,7 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 def cmd_synth(a: argparse.Namespace) -> None:
     import os
 
-    from sbssl.synth import SynthSpec, generate
+    from sbssl.synth import SynthSpec, generate, phantom2
     from sbssl.synth.family import FAMILIES
     from sbssl.synth.gallery import acl_gallery, family_gallery, meniscus_gallery
     from sbssl.utils.rundir import prepare_out
@@ -199,15 +200,18 @@ def cmd_synth(a: argparse.Namespace) -> None:
         raise SbsslError("synth: --difficulty must be in [0, 1]")
     if not 0.0 <= a.prevalence < 1.0:
         raise SbsslError("synth: --prevalence must be in [0, 1) (0 = MRNet's)")
+    known = (*FAMILIES, phantom2.NAME)
     for name in a.family.split(","):
-        if name not in FAMILIES:
-            raise SbsslError(f"synth: unknown --family {name!r} (known: {', '.join(FAMILIES)}; a mix: a,b,...)")
+        if name not in known:
+            raise SbsslError(f"synth: unknown --family {name!r} (known: {', '.join(known)}; a mix: a,b,...)")
     out = Path(a.out)
     prepare_out(out, a.overwrite, marker="train-acl.csv")
     spec = SynthSpec(a.train, a.valid, a.size, a.seed, a.difficulty, a.prevalence, a.workers or os.cpu_count() or 1,
                      a.family)
     generate(out, spec)
-    if a.gallery:
+    if a.gallery and phantom2.NAME in spec.families():
+        phantom2.gallery(out / "gallery" / f"{phantom2.NAME}.png", seed=a.seed, size=a.size)
+    elif a.gallery:
         fam = FAMILIES[spec.families()[0]]
         acl_gallery(out / "gallery" / "acl.png", seed=a.seed, size=a.size, difficulty=a.difficulty, family=fam)
         meniscus_gallery(out / "gallery" / "meniscus.png", seed=a.seed, size=a.size, family=fam)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from sbssl.data.layout import FINDINGS_DIR, PLANES, SYNTH_RECORD, TASKS
+from sbssl.synth import phantom2
 from sbssl.synth.exam import Labels, findings_row, render_exam
 from sbssl.synth.family import family, mix_member, subject_row
 from sbssl.utils.io import atomic_write_json, atomic_write_text, save_npy_atomic
@@ -69,17 +70,24 @@ def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) ->
 def _write_exam(args: tuple) -> dict[str, object]:
     out, split, case, labels, spec = args
     name = mix_member(spec.family, case)
-    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(name))
-    for plane, vol in exam.volumes.items():
+    if name == phantom2.NAME:
+        volumes, row = phantom2.render_case(spec.seed, case, split, labels, spec.size)
+    else:
+        volumes, row = _render_family_exam(case, split, labels, spec, name)
+    for plane, vol in volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
+    return row if len(spec.families()) == 1 else {**row, "family": name}
+
+
+def _render_family_exam(case: int, split: str, labels: Labels, spec: SynthSpec, name: str
+                        ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(name))
     row = findings_row(case, exam.knee.findings)
-    if len(spec.families()) > 1:
-        row["family"] = name
     if exam.acquisitions:  # what the family drew for the sagittal series (the plane the tasks read first)
         row.update({f"sag_{k}": (round(v, 4) if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
                     for k, v in asdict(exam.acquisitions["sagittal"]).items()})
         row.update(subject_row(exam.knee))
-    return row
+    return exam.volumes, row
 
 
 def _init_worker() -> None:
@@ -112,8 +120,7 @@ def generate(out: Path, spec: SynthSpec) -> None:
                     rows.append(row)
                     bar.advance()
     write_findings(out / FINDINGS_DIR, rows, spec.train)
-    described = {name: (fam.describe() if (fam := family(name)) else "demo (synth/exam.py)")
-                 for name in spec.families()}
+    described = {name: _described(name) for name in spec.families()}
     atomic_write_json(out / FINDINGS_DIR / SYNTH_RECORD,
                       {"spec": {k: v for k, v in asdict(spec).items() if k != "workers"},
                        "family": described[spec.family] if len(described) == 1 else described})
@@ -121,6 +128,13 @@ def generate(out: Path, spec: SynthSpec) -> None:
         for task in TASKS:
             rows = "".join(f"{first + i:04d},{getattr(lab, task)}\n" for i, lab in enumerate(labels[split]))
             atomic_write_text(out / f"{split}-{task}.csv", rows)
+
+
+def _described(name: str) -> dict | str:
+    if name == phantom2.NAME:
+        return phantom2.DESCRIPTION
+    fam = family(name)
+    return fam.describe() if fam is not None else "demo (synth/exam.py)"
 
 
 def write_findings(folder: Path, rows: list[dict[str, object]], n_train: int) -> None:
