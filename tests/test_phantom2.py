@@ -10,6 +10,7 @@ import numpy as np
 from sbssl.data.layout import synth_family
 from sbssl.synth import Labels
 from sbssl.synth import phantom2 as p2
+from sbssl.synth.landmarks import RECORDED, set_acl_midpoints
 
 
 def _labels_at(root: Path, split: str) -> list[Labels]:
@@ -90,6 +91,8 @@ def test_synth_cli_writes_phantom2_in_mrnet_layout_and_mixes_it(tmp_path: Path, 
         got = dict(zip(header, row, strict=True))
         assert (got["acl_tear"] != "none") == bool(lab.acl) and (got["meniscus_tear"] != "none") == bool(lab.meniscus)
     assert main(["check", "--data", str(out)]) == 0, capsys.readouterr()
+    at = set_acl_midpoints(out, "train")  # the localiser's ground truth: the recorded midpoints, not a replay
+    assert [tuple(v) for v in at.values()] == [tuple(float(r[header.index(k)]) for k in RECORDED) for r in rows]
     mix = tmp_path / "mix"
     assert main(["synth", "--out", str(mix), "--train", "2", "--valid", "1", "--size", "48", "--family",
                  "phantom2,clinic", "--workers", "1", "--seed", "2"]) == 0
@@ -97,3 +100,5 @@ def test_synth_cli_writes_phantom2_in_mrnet_layout_and_mixes_it(tmp_path: Path, 
     assert [r[header.index("family")] for r in rows] == ["phantom2", "clinic"]
     alone = p2.render_case(2, 0, "train", _labels_at(mix, "train")[0], 48)[0]["sagittal"]
     np.testing.assert_array_equal(np.load(mix / "train" / "sagittal" / "0000.npy"), alone)
+    at = set_acl_midpoints(mix, "train")  # phantom2's case recorded, clinic's replayed from its draws
+    assert tuple(at["0000"]) == tuple(float(rows[0][header.index(k)]) for k in RECORDED) and at["0001"].shape == (3,)

@@ -8,6 +8,7 @@ deformation (a few mm) is ignored; the demo's generator, which predates families
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from sbssl.synth.family import (
     stored_grid,
     vary_anatomy,
 )
+
+RECORDED = ("acl_slice", "acl_row", "acl_col")  # findings columns of a renderer that writes the midpoint
 
 
 def acl_midpoint(exam: Exam) -> np.ndarray:
@@ -48,11 +51,22 @@ def replayed_acl_midpoint(spec: dict, case: int, labels: Labels) -> np.ndarray:
 
 
 def set_acl_midpoints(root: Path, split: str) -> dict[str, np.ndarray]:
-    """{case: (slice, row, col)} for every exam of a generated family set's split (its findings/synth.json)."""
+    """{case: (slice, row, col)} for every exam of a generated family set's split (its findings/synth.json): the
+    midpoints its findings CSV records (phantom2's renderer writes them), the others replayed."""
     spec = json.loads((Path(root) / "findings" / "synth.json").read_text())["spec"]
+    recorded = recorded_acl_midpoints(Path(root) / "findings" / f"{split}.csv")
     first = 0 if split == "train" else spec["train"]
     labels = assign_labels(spec[split], split, spec["seed"], spec["prevalence"] if split == "train" else 0.0)
-    return {f"{first + i:04d}": replayed_acl_midpoint(spec, first + i, lab) for i, lab in enumerate(labels)}
+    cases = {f"{first + i:04d}": (first + i, lab) for i, lab in enumerate(labels)}
+    return {c: recorded[c] if c in recorded else replayed_acl_midpoint(spec, i, lab) for c, (i, lab) in cases.items()}
+
+
+def recorded_acl_midpoints(findings: Path) -> dict[str, np.ndarray]:
+    """{case: (slice, row, col)} from a findings CSV's acl_slice, acl_row, acl_col columns, where filled."""
+    with open(findings, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["case"]: np.array([float(r[k]) for k in RECORDED], np.float64) for r in rows
+            if all(r.get(k) not in (None, "") for k in RECORDED)}
 
 
 def _to_voxel(knee, grid) -> np.ndarray:
