@@ -28,10 +28,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sbssl.data.layout import PLANES
+
+if TYPE_CHECKING:
+    from sbssl.synth.exam import Labels
 
 NAME = "phantom2"  # `sbssl synth --family phantom2`
 DESCRIPTION = "phantom2 (synth/phantom2.py): another anatomy model, tissue model and renderer; --difficulty unused"
@@ -156,77 +160,112 @@ class Canvas:
         self.labels[inside] = tissue
 
 
+BONE = (MARROW, CORTEX)
+NOT_BONE = tuple(t for t in range(len(TISSUES)) if t not in BONE)
+
+
 def paint_knee(cv: Canvas, subj: Subject) -> None:
-    sh, f, p = subj.shape, subj.findings, cv.p
-    x, y, z = p
-    bone = (MARROW, CORTEX)
-    soft = tuple(t for t in range(len(TISSUES)) if t not in bone)
-    # the limb: subcutaneous fat over muscle; popliteal fat and vessels behind the joint
+    """Soft tissue first, then cartilage, bone, patella and tendons, menisci, cruciates, marrow findings."""
+    sh, f = subj.shape, subj.findings
+    paint_soft_tissue(cv, sh, f)
+    femur = femur_distance(cv, sh, f)
+    tibia, top = tibia_distance(cv, sh)
+    plat = sh["plateau"]
+    fibula = column(cv.p, (0.75 * plat[0], sh["yt"] + 0.75 * plat[1]), (7 * sh["scale"],) * 2, -90,
+                    -10 * sh["scale"])
+    for d in (femur, tibia, fibula):
+        cv.paint(d < 0, CORTEX)
+        cv.paint(d < -1.4, MARROW)
+    paint_patella(cv, sh)
+    for side in (-1, 1):
+        paint_meniscus(cv, sh, f, side, top)
+    paint_cruciates(cv, sh, f)
+    paint_marrow_findings(cv, sh, f)
+
+
+def patella_centre(sh: dict) -> tuple[float, float]:
+    """(y, z) of the patella's centre: in front of the trochlea, above the joint line."""
+    return sh["yf"] - 17 * sh["scale"] - 4 - sh["pat"][1], sh["jf"] + sh["pat_z"]
+
+
+def paint_soft_tissue(cv: Canvas, sh: dict, f: dict) -> None:
+    """Subcutaneous fat over muscle, popliteal fat and vessels, a Baker's cyst, the joint space, Hoffa's fat pad,
+    the suprapatellar pouch (effusion) and, for a large effusion, the posterior recess."""
+    p, s = cv.p, sh["scale"]
     limb = column(p, (0, sh["limb_y"]), sh["limb"], -1e3, 1e3)
     cv.paint(limb < 0, FAT)
     cv.paint(limb < -sh["fat"], MUSCLE)
     yp_fossa = sh["limb_y"] + 0.5 * sh["limb"][1]
-    cv.paint(ellipsoid(p, (0, yp_fossa, 5), (16 * sh["scale"], 12 * sh["scale"], 70)) < 0, FAT)
+    cv.paint(ellipsoid(p, (0, yp_fossa, 5), (16 * s, 12 * s, 70)) < 0, FAT)
     for dx, r in ((-3.0, 3.5), (3.5, 2.5)):
         cv.paint(column(p, (dx, yp_fossa), (r, r), -1e3, 1e3) < 0, VESSEL)
     if f.get("baker"):
         b = f["baker"]
         cv.paint(ellipsoid(p, (-14, yp_fossa - 4, 4), (b, 0.7 * b, 1.5 * b)) < 0, FLUID)
-    # joint space, Hoffa's fat pad, the suprapatellar pouch (effusion)
     cond, plat = sh["cond"], sh["plateau"]
     cv.paint(ellipsoid(p, (0, sh["yt"], 0), (plat[0] + 2, plat[1] + 3, sh["jf"] + sh["jt"] + 0.5)) < 0, FLUID)
-    yp = sh["yf"] - 17 * sh["scale"] - 4 - sh["pat"][1]
-    zp = sh["jf"] + sh["pat_z"]
-    cv.paint(ellipsoid(p, (0, yp + 10 * sh["scale"], sh["jf"] - 3), (20 * sh["scale"], 10 * sh["scale"],
-                                                                       14 * sh["scale"])) < 0, FAT)
+    yp, zp = patella_centre(sh)
+    cv.paint(ellipsoid(p, (0, yp + 10 * s, sh["jf"] - 3), (20 * s, 10 * s, 14 * s)) < 0, FAT)
     eff = f["eff"]
-    cv.paint(ellipsoid(p, (0, sh["yf"] - sh["rf"] - eff / 2 - 1, zp + 18 * sh["scale"]),
-                       (24 * sh["scale"], max(eff / 2, 0.6), 22 * sh["scale"])) < 0, FLUID)
+    cv.paint(ellipsoid(p, (0, sh["yf"] - sh["rf"] - eff / 2 - 1, zp + 18 * s), (24 * s, max(eff / 2, 0.6), 22 * s))
+             < 0, FLUID)
     if eff > 4:
         cv.paint(ellipsoid(p, (0, sh["yc"] + cond[1] + 1, sh["jf"] + 10), (30, eff / 3, 12)) < 0, FLUID)
-    # femur: shaft, metaphysis, two condyles, the notch cut under its sloping roof
+
+
+def femur_distance(cv: Canvas, sh: dict, f: dict) -> np.ndarray:
+    """The femur's signed distance (shaft, metaphysis, two condyles, the notch cut under its sloping roof); paints
+    the notch's fat and the condyles' cartilage (less a defect's)."""
+    p, s, cond = cv.p, sh["scale"], sh["cond"]
+    x, y, z = p
     zc = sh["jf"] + cond[2]
     roof = np.minimum(sh["jf"] + sh["roof"] + sh["roof_slope"] * (y - sh["yn"]), zc + cond[2])
     notch = np.maximum(np.maximum(np.abs(x) - sh["wn"], np.maximum(sh["yn"] - y, y - sh["yc"] - cond[1])), z - roof)
     cv.paint(notch < 0, FAT)
     condyles = np.minimum(ellipsoid(p, (sh["xc"], sh["yc"], zc), cond), ellipsoid(p, (-sh["xc"], sh["yc"], zc), cond))
-    femur = np.minimum(np.minimum(column(p, (0, sh["yf"]), (sh["rf"], sh["rf"]), 25 * sh["scale"], 1e3),
-                                  ellipsoid(p, (0, sh["yf"] + 3, 30 * sh["scale"]),
-                                            (30 * sh["scale"], 20 * sh["scale"], 26 * sh["scale"]))), condyles)
-    femur = np.maximum(femur, -notch)
-    cart_f = (condyles > 0) & (condyles < sh["tc"]) & (z < zc + 0.3 * cond[2]) & (notch > 0)
+    femur = np.minimum(np.minimum(column(p, (0, sh["yf"]), (sh["rf"], sh["rf"]), 25 * s, 1e3),
+                                  ellipsoid(p, (0, sh["yf"] + 3, 30 * s), (30 * s, 20 * s, 26 * s))), condyles)
+    cartilage = (condyles > 0) & (condyles < sh["tc"]) & (z < zc + 0.3 * cond[2]) & (notch > 0)
     if f.get("cartilage_defect"):
-        cart_f &= ellipsoid(p, (f["cartilage_defect"] * sh["xc"], sh["yc"] - 4, sh["jf"] + 1), (4, 4, 4)) > 0
-    cv.paint(cart_f, CARTILAGE)
-    # tibia: a sloped plateau on a tapering shaft, two spines, the fibula
-    top = -sh["jt"] - sh["tib_slope"] * (y - sh["yt"])
-    tibia = np.maximum(column(p, (0, sh["yt"]), plat, -sh["tib_depth"], 1e3), z - top)
-    taper = column(p, (0, sh["yt"] + 2), (sh["rt"], sh["rt"]), -1e3, -sh["tib_depth"] + 2)
-    tibia = np.minimum(tibia, taper)
+        cartilage &= ellipsoid(p, (f["cartilage_defect"] * sh["xc"], sh["yc"] - 4, sh["jf"] + 1), (4, 4, 4)) > 0
+    cv.paint(cartilage, CARTILAGE)
+    return np.maximum(femur, -notch)
+
+
+def tibia_distance(cv: Canvas, sh: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The tibia's signed distance (a sloped plateau on a tapering shaft, two spines) and its plateau's height at
+    each point; paints the plateau's cartilage."""
+    p, s = cv.p, sh["scale"]
+    z = p[2]
+    top = -sh["jt"] - sh["tib_slope"] * (p[1] - sh["yt"])
+    tibia = np.maximum(column(p, (0, sh["yt"]), sh["plateau"], -sh["tib_depth"], 1e3), z - top)
+    tibia = np.minimum(tibia, column(p, (0, sh["yt"] + 2), (sh["rt"], sh["rt"]), -1e3, -sh["tib_depth"] + 2))
     for sx in (-1, 1):
-        tibia = np.minimum(tibia, ellipsoid(p, (sx * 5 * sh["scale"], sh["yt"] - 2, -sh["jt"]),
-                                            (4 * sh["scale"], 7 * sh["scale"], 4 * sh["scale"])))
+        tibia = np.minimum(tibia, ellipsoid(p, (sx * 5 * s, sh["yt"] - 2, -sh["jt"]), (4 * s, 7 * s, 4 * s)))
     cv.paint((tibia > 0) & (tibia < sh["tc"]) & (z > top - 0.5) & (z < top + sh["tc"] + 0.5), CARTILAGE)
-    fibula = column(p, (0.75 * plat[0], sh["yt"] + 0.75 * plat[1]), (7 * sh["scale"],) * 2, -90, -10 * sh["scale"])
-    for d in (femur, tibia, fibula):
-        cv.paint(d < 0, CORTEX)
-        cv.paint(d < -1.4, MARROW)
-    # patella with its cartilage, the quadriceps and patellar tendons
+    return tibia, top
+
+
+def paint_patella(cv: Canvas, sh: dict) -> None:
+    """The patella with its cartilage, the patellar tendon to the tuberosity and the quadriceps tendon."""
+    p, s = cv.p, sh["scale"]
+    x, y = p[0], p[1]
+    yp, zp = patella_centre(sh)
     pat = ellipsoid(p, (0, yp, zp), sh["pat"])
     cv.paint((pat > 0) & (pat < sh["tc"] + 0.5) & (y > yp), CARTILAGE)
     cv.paint(pat < 0, CORTEX)
     cv.paint(pat < -1.4, MARROW)
-    w = 14 * sh["scale"]
+    w = 14 * s
     low = (0, yp + 2, zp - sh["pat"][2] + 1)
-    tub = (0, sh["yt"] - plat[1] + 3, -sh["jt"] - 25 * sh["scale"])
-    cv.paint((capsule(p, low, tub, 3.0)[0] < 0) & (np.abs(x) < w), TENDON, over=soft)
+    tuberosity = (0, sh["yt"] - sh["plateau"][1] + 3, -sh["jt"] - 25 * s)
+    cv.paint((capsule(p, low, tuberosity, 3.0)[0] < 0) & (np.abs(x) < w), TENDON, over=NOT_BONE)
     cv.paint((capsule(p, (0, yp + 3, zp + sh["pat"][2] - 1), (0, sh["yf"] - sh["rf"] - 3, zp + 60), 3.5)[0] < 0)
-             & (np.abs(x) < w + 4), TENDON, over=soft)
-    # menisci: wedges about each plateau, thin at the free edge
-    for side in (-1, 1):
-        paint_meniscus(cv, sh, f, side, top)
-    paint_cruciates(cv, sh, f)
-    # marrow findings
+             & (np.abs(x) < w + 4), TENDON, over=NOT_BONE)
+
+
+def paint_marrow_findings(cv: Canvas, sh: dict, f: dict) -> None:
+    """Bone bruises (lateral femoral condyle and posterolateral plateau) and a lesion, in marrow only."""
+    p, cond, plat = cv.p, sh["cond"], sh["plateau"]
     if f["bruise"]:
         cv.paint(ellipsoid(p, (sh["xc"], sh["yc"] - 0.3 * cond[1], sh["jf"] + 5), (8, 10, 7)) < 0, EDEMA, (MARROW,))
         cv.paint(ellipsoid(p, (sh["xc"], sh["yt"] + 0.6 * plat[1], -sh["jt"] - 6), (9, 8, 6)) < 0, EDEMA, (MARROW,))
@@ -243,7 +282,7 @@ def paint_meniscus(cv: Canvas, sh: dict, f: dict, side: int, top: np.ndarray) ->
     base = top + sh["tc"]
     height = sh["men_h"] * frac
     wedge = (frac >= 0) & (frac <= 1) & (z > base - 0.5) & (z < base + height)
-    cv.paint(wedge, MENISCUS, over=tuple(t for t in range(len(TISSUES)) if t not in (MARROW, CORTEX)))
+    cv.paint(wedge, MENISCUS, over=NOT_BONE)
     name = "lateral" if side > 0 else "medial"
     posterior = y > sh["yt"] + 0.3 * ry
     if f["men"] == name:
@@ -258,45 +297,44 @@ def paint_meniscus(cv: Canvas, sh: dict, f: dict, side: int, top: np.ndarray) ->
 def paint_cruciates(cv: Canvas, sh: dict, f: dict) -> None:
     """The PCL (an arc, two segments) and the ACL with its tear or mimic."""
     p = cv.p
-    not_bone = tuple(t for t in range(len(TISSUES)) if t not in (MARROW, CORTEX))
     yn, s = sh["yn"], sh["scale"]
     pf = (-min(0.6 * sh["wn"], 7.0), yn + 5 * s, sh["jf"] + sh["roof"] + sh["roof_slope"] * 5 * s - sh["rp"] - 1)
     bend = (-4 * s, sh["yc"] + 0.55 * sh["cond"][1], sh["jf"] + 5)
     pt = (-2 * s, sh["yt"] + sh["plateau"][1] - 3, -sh["jt"] - 10)
     for a, b in ((pf, bend), (bend, pt)):
-        cv.paint(capsule(p, a, b, sh["rp"])[0] < 0, LIGAMENT, not_bone)
+        cv.paint(capsule(p, a, b, sh["rp"])[0] < 0, LIGAMENT, NOT_BONE)
     fem, tib = acl_ends(sh)
     ra, kind = sh["ra"], f["acl"]
     d, t = capsule(p, fem, tib, ra)
     if kind == "none":
         mimic = f.get("mimic", "none")
         if mimic == "mucoid":
-            cv.paint(capsule(p, fem, tib, 1.4 * ra)[0] < 0, TEAR, not_bone)
+            cv.paint(capsule(p, fem, tib, 1.4 * ra)[0] < 0, TEAR, NOT_BONE)
             across = np.array([ra * 0.5, 0, 0], np.float32)
             for sgn in (-1, 1):
-                cv.paint(capsule(p, fem + sgn * across, tib + sgn * across, 0.9)[0] < 0, LIGAMENT, not_bone)
+                cv.paint(capsule(p, fem + sgn * across, tib + sgn * across, 0.9)[0] < 0, LIGAMENT, NOT_BONE)
         else:
-            cv.paint(d < 0, LIGAMENT, not_bone)
+            cv.paint(d < 0, LIGAMENT, NOT_BONE)
             if mimic == "ganglion":
                 mid = (fem + tib) / 2 + np.array([0, 1.5 * ra + 2, 0], np.float32)
-                cv.paint(ellipsoid(p, mid, (4, 3, 5)) < 0, FLUID, not_bone)
+                cv.paint(ellipsoid(p, mid, (4, 3, 5)) < 0, FLUID, NOT_BONE)
         return
     if kind == "chronic":
         return
     t0, t1 = f["acl_t0"], f["acl_t0"] + f["acl_len"]
     if kind == "partial":
-        cv.paint((capsule(p, fem, tib, 1.3 * ra)[0] < 0) & (t > t0) & (t < t1), TEAR, not_bone)
+        cv.paint((capsule(p, fem, tib, 1.3 * ra)[0] < 0) & (t > t0) & (t < t1), TEAR, NOT_BONE)
         thin = np.where((t > t0) & (t < t1), 0.55 * ra, ra)
-        cv.paint(d + ra - thin < 0, LIGAMENT, not_bone)
+        cv.paint(d + ra - thin < 0, LIGAMENT, NOT_BONE)
         return
     a, b = fem + t0 * (tib - fem), fem + t1 * (tib - fem)
-    cv.paint(capsule(p, a, b, 1.5 * ra)[0] < 0, f["gap"], not_bone)
-    cv.paint(capsule(p, fem, a, ra)[0] < 0, LIGAMENT, not_bone)
+    cv.paint(capsule(p, a, b, 1.5 * ra)[0] < 0, f["gap"], NOT_BONE)
+    cv.paint(capsule(p, fem, a, ra)[0] < 0, LIGAMENT, NOT_BONE)
     ang = np.deg2rad(f["sag"])  # the distal stump sags toward the plateau (a rotation about the tibial end, in y-z)
     v = b - tib
     sagged = tib + np.array([v[0], np.cos(ang) * v[1] - np.sin(ang) * v[2], np.sin(ang) * v[1] + np.cos(ang) * v[2]],
                             np.float32)
-    cv.paint(capsule(p, sagged, tib, ra)[0] < 0, LIGAMENT, not_bone)
+    cv.paint(capsule(p, sagged, tib, ra)[0] < 0, LIGAMENT, NOT_BONE)
 
 
 # --- acquisition and rendering ------------------------------------------------------------------------------------
@@ -328,7 +366,7 @@ class Series:
         return normal, np.cos(a) * row + np.sin(a) * col, -np.sin(a) * row + np.cos(a) * col
 
 
-def draw_series(plane: str, rng: np.random.Generator, size: int, split: str) -> Series:
+def draw_series(plane: str, rng: np.random.Generator, size: int) -> Series:
     u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
     n = int(rng.integers(20, 37) if plane == "sagittal" else rng.integers(18, 41))
     spacing = u(3.0, 4.0) if plane == "sagittal" else u(3.0, 4.5)
@@ -447,13 +485,14 @@ def acl_voxel(subj: Subject, series: Series, size: int) -> tuple[float, float, f
     return k, float(d @ row) / px + (size - 1) / 2, float(d @ col) / px + (size - 1) / 2
 
 
-def render_case(seed: int, case: int, split: str, labels, size: int) -> tuple[dict[str, np.ndarray], dict]:
-    """All three planes of one exam and its findings row; a function of (seed, case, labels, size) only."""
+def render_case(seed: int, case: int, split: str, labels: Labels, size: int) -> tuple[dict[str, np.ndarray], dict]:
+    """All three planes of one exam and its findings row; a function of (seed, case, labels, size) only (`split`
+    kept for the generators' common call: MRNet's splits differ in slice counts, this phantom draws them alike)."""
     rng = np.random.default_rng([seed, case, 2])
     subj = draw_subject(rng, labels.acl, labels.meniscus, labels.abnormal)
     volumes, sag = {}, None
     for plane, r in zip(PLANES, rng.spawn(len(PLANES)), strict=True):
-        series = draw_series(plane, r, size, split)
+        series = draw_series(plane, r, size)
         volumes[plane] = store(render_series(subj, series, size, r), series, r)
         sag = series if plane == "sagittal" else sag
     f = subj.findings
