@@ -82,8 +82,7 @@ def test_synth_cli_writes_phantom2_in_mrnet_layout_and_mixes_it(tmp_path: Path, 
 
     out = tmp_path / "p2"
     assert main(["synth", "--out", str(out), "--train", "4", "--valid", "2", "--size", "48", "--family",
-                 "phantom2", "--gallery", "--workers", "1", "--seed", "2"]) == 0
-    assert (out / "gallery" / "phantom2.png").stat().st_size > 5000
+                 "phantom2", "--workers", "1", "--seed", "2"]) == 0
     rec = json.loads((out / "findings" / "synth.json").read_text())
     assert rec["spec"]["family"] == "phantom2" and rec["family"] == p2.DESCRIPTION and synth_family(out) == "phantom2"
     header, *rows = [r.split(",") for r in (out / "findings" / "train.csv").read_text().splitlines()]
@@ -95,7 +94,10 @@ def test_synth_cli_writes_phantom2_in_mrnet_layout_and_mixes_it(tmp_path: Path, 
     assert [tuple(v) for v in at.values()] == [tuple(float(r[header.index(k)]) for k in RECORDED) for r in rows]
     mix = tmp_path / "mix"
     assert main(["synth", "--out", str(mix), "--train", "2", "--valid", "1", "--size", "48", "--family",
-                 "phantom2,clinic", "--workers", "1", "--seed", "2"]) == 0
+                 "phantom2,clinic", "--workers", "1", "--seed", "2", "--gallery"]) == 0
+    assert {p.name for p in (mix / "gallery").iterdir()} == {"acl.png", "meniscus.png", "family-clinic.png",
+                                                             "phantom2.png"}
+    assert (mix / "gallery" / "phantom2.png").stat().st_size > 5000
     header, *rows = [r.split(",") for r in (mix / "findings" / "train.csv").read_text().splitlines()]
     assert [r[header.index("family")] for r in rows] == ["phantom2", "clinic"]
     alone = p2.render_case(2, 0, "train", _labels_at(mix, "train")[0], 48)[0]["sagittal"]

@@ -209,14 +209,15 @@ def cmd_synth(a: argparse.Namespace) -> None:
     spec = SynthSpec(a.train, a.valid, a.size, a.seed, a.difficulty, a.prevalence, a.workers or os.cpu_count() or 1,
                      a.family)
     generate(out, spec)
-    if a.gallery and phantom2.NAME in spec.families():
-        phantom2.gallery(out / "gallery" / f"{phantom2.NAME}.png", seed=a.seed, size=a.size)
-    elif a.gallery:
-        fam = FAMILIES[spec.families()[0]]
+    first_phantom_families = [n for n in spec.families() if n != phantom2.NAME]
+    if a.gallery and first_phantom_families:
+        fam = FAMILIES[first_phantom_families[0]]
         acl_gallery(out / "gallery" / "acl.png", seed=a.seed, size=a.size, difficulty=a.difficulty, family=fam)
         meniscus_gallery(out / "gallery" / "meniscus.png", seed=a.seed, size=a.size, family=fam)
-        for name in spec.families():
+        for name in first_phantom_families:
             family_gallery(out / "gallery" / f"family-{name}.png", FAMILIES[name], seed=a.seed, size=a.size)
+    if a.gallery and phantom2.NAME in spec.families():
+        phantom2.gallery(out / "gallery" / f"{phantom2.NAME}.png", seed=a.seed, size=a.size)
     print(f"wrote {a.train}+{a.valid} exams to {out}")
 
 
