@@ -72,17 +72,20 @@ def _write_exam(args: tuple) -> dict[str, object]:
     name = mix_member(spec.family, case)
     if name == phantom2.NAME:
         volumes, row = phantom2.render_case(spec.seed, case, split, labels, spec.size)
+        row = row if len(spec.families()) == 1 else {**row, "family": name}
     else:
         volumes, row = _render_family_exam(case, split, labels, spec, name)
     for plane, vol in volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
-    return row if len(spec.families()) == 1 else {**row, "family": name}
+    return row
 
 
 def _render_family_exam(case: int, split: str, labels: Labels, spec: SynthSpec, name: str
                         ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
     exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(name))
     row = findings_row(case, exam.knee.findings)
+    if len(spec.families()) > 1:
+        row["family"] = name
     if exam.acquisitions:  # what the family drew for the sagittal series (the plane the tasks read first)
         row.update({f"sag_{k}": (round(v, 4) if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
                     for k, v in asdict(exam.acquisitions["sagittal"]).items()})
