@@ -91,6 +91,13 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def draw_subject(rng: np.random.Generator, acl: int, meniscus: int, abnormal: int) -> Subject:
+    """One knee: its shapes, then findings that agree with the labels, then its side."""
+    shape = draw_shape(rng)
+    return Subject(shape, draw_findings(rng, acl, meniscus, abnormal), bool(rng.random() < 0.5))
+
+
+def draw_shape(rng: np.random.Generator) -> dict:
+    """Sizes and positions (mm) of every structure, scaled together by the subject's size `s`."""
     u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
     s = u(0.85, 1.15)
     sh = {"limb": (u(52, 66) * s, u(48, 60) * s), "limb_y": u(4, 12) * s, "fat": u(3, 14),
@@ -104,6 +111,12 @@ def draw_subject(rng: np.random.Generator, acl: int, meniscus: int, abnormal: in
     sh["yc"] = sh["yf"] + u(6, 10) * s
     sh["yt"] = sh["yf"] + u(2, 6) * s
     sh["yn"] = sh["yf"] + u(-2, 2) * s
+    return sh
+
+
+def draw_findings(rng: np.random.Generator, acl: int, meniscus: int, abnormal: int) -> dict:
+    """The ACL's tear or an intact knee's mimic, the meniscus's, effusion, and an abnormal knee's other findings."""
+    u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
     f = {"acl": "none", "eff": u(0.5, 3.0), "bruise": False}
     if acl:
         f["acl"] = str(rng.choice(["complete", "partial", "chronic"], p=[0.55, 0.3, 0.15]))
@@ -133,7 +146,7 @@ def draw_subject(rng: np.random.Generator, acl: int, meniscus: int, abnormal: in
                 f["cartilage_defect"] = float(rng.choice([-1.0, 1.0]))
             else:
                 f["baker"] = u(7, 14)
-    return Subject(sh, f, bool(rng.random() < 0.5))
+    return f
 
 
 def acl_ends(sh: dict) -> tuple[np.ndarray, np.ndarray]:
