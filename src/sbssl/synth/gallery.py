@@ -13,7 +13,7 @@ from sbssl.synth.family import Family
 def acl_gallery(path: Path, pairs: int = 4, seed: int = 0, size: int = 256, difficulty: float = 0.5,
                 family: Family | None = None) -> Path:
     """Rows of sagittal slices through the ACL: intact (left) beside torn (right), varied severity."""
-    from sbssl.utils.plotting import pyplot, save_png
+    from sbssl.utils.plotting import pyplot
 
     plt = pyplot()
 
@@ -28,6 +28,13 @@ def acl_gallery(path: Path, pairs: int = 4, seed: int = 0, size: int = 256, diff
             title = f"torn ACL (severity {f.acl_severity:.2f})" if f.acl_tear else "intact ACL"
             ax.set_title(f"{title}, slice {k}{_knobs(exam)}", fontsize=7)
             ax.axis("off")
+    return save_mosaic(fig, path)
+
+
+def save_mosaic(fig, path: Path) -> Path:
+    """Lay out, write (atomically, making the folder) and close a gallery figure."""
+    from sbssl.utils.plotting import save_png
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +58,7 @@ def _knobs(exam) -> str:
 
 def family_gallery(path: Path, family: Family | None, exams: int = 12, seed: int = 0, size: int = 256) -> Path:
     """A grid of one mid-ACL sagittal slice per exam (torn and intact alternating): what a family looks like."""
-    from sbssl.utils.plotting import pyplot, save_png
+    from sbssl.utils.plotting import pyplot
 
     plt = pyplot()
     cols = 4
@@ -66,15 +73,11 @@ def family_gallery(path: Path, family: Family | None, exams: int = 12, seed: int
         k = acl_slice(exam)
         _show(ax, exam.volumes["sagittal"][k])
         ax.set_title(f"{'torn' if lab.acl else 'intact'} ACL, slice {k}{_knobs(exam)}", fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, path, dpi=80)
-    return path
+    return save_mosaic(fig, path)
 
 
 def meniscus_gallery(path: Path, pairs: int = 3, seed: int = 0, size: int = 256, family: Family | None = None) -> Path:
-    from sbssl.utils.plotting import pyplot, save_png
+    from sbssl.utils.plotting import pyplot
 
     plt = pyplot()
 
@@ -88,6 +91,4 @@ def meniscus_gallery(path: Path, pairs: int = 3, seed: int = 0, size: int = 256,
             _show(axes[i, j], vol[kk])
             axes[i, j].set_title(f"meniscal tear, slice {kk}", fontsize=8)
             axes[i, j].axis("off")
-    fig.tight_layout()
-    save_png(fig, path, dpi=80)
-    return Path(path)
+    return save_mosaic(fig, path)

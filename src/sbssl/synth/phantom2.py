@@ -523,7 +523,8 @@ def render_case(seed: int, case: int, split: str, labels: Labels, size: int) -> 
 def gallery(path: Path, pairs: int = 4, seed: int = 0, size: int = 256) -> Path:
     """Rows of sagittal slices through the ACL's midpoint (marked): intact (left) beside torn (right)."""
     from sbssl.synth.exam import Labels
-    from sbssl.utils.plotting import pyplot, save_png
+    from sbssl.synth.gallery import save_mosaic
+    from sbssl.utils.plotting import pyplot
 
     plt = pyplot()
     fig, axes = plt.subplots(pairs, 2, figsize=(6, 3 * pairs), squeeze=False)
@@ -538,8 +539,4 @@ def gallery(path: Path, pairs: int = 4, seed: int = 0, size: int = 256) -> Path:
             tear = row["acl_tear"] if row["acl_tear"] != "none" else f"intact ({row['acl_mimic']})"
             ax.set_title(f"ACL {tear}, {row['sag_sequence']}, slice {k}", fontsize=7)
             ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, path, dpi=80)
-    return path
+    return save_mosaic(fig, path)
