@@ -24,10 +24,11 @@ holds the exams' noise alone. The own pretraining runs once per target.
 
 `--encoder NAME=PATH` adds an arm NAME: the demo's GMML recipe from that encoder (a candidate shipped encoder,
 pretrained on selection families), paired against random init, the CNN, the shipped encoder and the extra arms
-named before it. `--variant NAME KEY=VALUE ...` adds an arm NAME: the GMML arm with those overrides (a candidate
-recipe change), paired likewise; `--variant NAME:ARM ...` starts from another shipped arm's overrides instead (e.g.
-`cnn5:cnn finetune.ensemble=5`: the CNN given what a GMML candidate is given, so that the candidate's gain is not
-read as pretraining's).
+named before it. The candidate is judged as it would ship: rounded to half precision first (WORK/candidates/),
+as `python -m sbssl.weights export` stores it. `--variant NAME KEY=VALUE ...` adds an arm NAME: the GMML arm with
+those overrides (a candidate recipe change), paired likewise; `--variant NAME:ARM ...` starts from another
+shipped arm's overrides instead (e.g. `cnn5:cnn finetune.ensemble=5`: the CNN given what a GMML candidate is
+given, so that the candidate's gain is not read as pretraining's).
 
 Choices are made on selection families (synth/family.py: SELECTION_FAMILIES) and reported on held-out ones;
 `--set` applies overrides to every arm (a candidate recipe change), `--pretrain` to the own pretraining only.
@@ -53,6 +54,7 @@ from sbssl.engine.pretrain import pretrain  # noqa: E402
 from sbssl.evaluation.report_files import load_metrics, paired_runs_over_seeds  # noqa: E402
 from sbssl.synth import SynthSpec, generate  # noqa: E402
 from sbssl.utils.rundir import ENCODER, METRICS  # noqa: E402
+from sbssl.weights import shipped_copy  # noqa: E402
 from sbssl.workflow import finetune  # noqa: E402
 
 PAIRS = (("gmml", "scratch"), ("own", "scratch"), ("auto", "scratch"), ("gmml", "cnn"), ("own", "cnn"),
@@ -163,7 +165,9 @@ def main() -> None:
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     if seeds and any(o.startswith("train.seed=") for o in a.set):
         ap.error("--seeds sets train.seed: leave it out of --set")
-    extra_arms = {**{e: [f"init={p}"] for e, p in encoders.items()}, **variants}
+    # a candidate is judged as it would ship (half precision): the rounding alone moves one seed by 0.02 AUC
+    shipped = {e: shipped_copy(Path(p), work / "candidates" / f"{e}.safetensors") for e, p in encoders.items()}
+    extra_arms = {**{e: [f"init={p}"] for e, p in shipped.items()}, **variants}
     extra = list(extra_arms)  # each extra arm against the shipped arms, and against the extra arms before it
     pairs = [*PAIRS, *((e, other) for i, e in enumerate(extra) for other in ("gmml", "scratch", "cnn", *extra[:i]))]
     targets = {f: None for f in a.families.split(",") if f} | {Path(d).name or d: Path(d) for d in a.data}

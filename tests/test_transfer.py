@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sbssl.evaluation.report_files import read_predictions
+from sbssl.weights import builtin_path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "transfer.py"
 
@@ -23,7 +24,7 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
     res = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path), "--families", "mixed",
                           "--train", "10", "--valid", "8", "--size", "48", "--set", *small, "data.roi=knee",
                           "--pretrain", "train.batch_size=16", "train.recon_every=0",
-                          "--encoder", f"again={tmp_path / 'mixed' / 'pretrain-own' / 'encoder.safetensors'}",
+                          "--encoder", f"again={builtin_path('cpu')}",  # the shipped file as a candidate
                           "--variant", "slow", "train.lr=1e-6", "--variant", "slowcnn:cnn", "train.lr=1e-6",
                           "--seeds", "0,1",
                           "--out-json", str(tmp_path / "r.json")],
@@ -44,7 +45,11 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
             assert len(cases) == 8 and member["seed"] == seed
             info = json.loads((run / "run.json").read_text())
             assert info["preprocessing"]["roi"] == "knee"  # --set reached it
-            assert arm not in ("own", "again") or "pretrain-own" in info["init"]  # one own pretraining for all seeds
+            assert arm != "own" or "pretrain-own" in info["init"]  # one own pretraining for all seeds
+            if arm == "again":  # judged as shipped: the shipped file, rounded again, scores as the shipped arm
+                assert "candidates" in info["init"]
+                gmml = read_predictions(tmp_path / "mixed" / name.replace("again", "gmml") / "predictions.csv")
+                assert np.array_equal(read_predictions(run / "predictions.csv")[1], gmml[1])
             asked = OmegaConf.load(run / "config.yaml")
             assert (asked.train.lr == 1e-6) == arm.startswith("slow") and (arm != "slow" or "gmml" in info["init"])
             assert (asked.model.name == "mrnet_cnn") == arm.endswith("cnn")  # a variant of the CNN arm is a CNN
