@@ -170,7 +170,7 @@ def test_datasets_batch_reads_and_exam_collation(mrnet: Path):
     batch = ex[[1, 0]]  # a batch of exams, read whole, in the order asked
     assert batch["slices"].shape == (6, 1, 16, 16) and batch["lengths"].tolist() == [3, 3]
     assert batch["labels"].tolist() == [1, 0] and batch["exams"].tolist() == [1, 0]
-    assert torch.equal(batch["slices"][:3, 0], torch.from_numpy(np.asarray(cache.exam(1))))
+    assert torch.equal(batch["slices"][:3, 0], torch.from_numpy(np.array(cache.exam(1))))
     two = ExamDataset(cache, np.array([r.label for r in recs]), slices=2)[[0]]  # 2 evenly spaced of 3 slices
     assert torch.equal(two["slices"][:, 0], torch.from_numpy(np.asarray(cache.exam(0))[[0, 2]]))
     rows = ExamDataset(cache, np.array([r.label for r in recs]), read=False)[[1]]
