@@ -158,8 +158,10 @@ def main() -> None:
     encoders = dict(e.split("=", 1) for e in a.encoder)
     bases = [v[0].partition(":")[2] or "gmml" for v in a.variant]  # NAME:ARM starts from ARM's overrides
     variants = {v[0].partition(":")[0]: [*OVERRIDES.get(b, []), *v[1:]] for v, b in zip(a.variant, bases, strict=True)}
-    if (unknown or any(not v for v in encoders.values()) or any(len(v) < 2 or "=" in v[0] for v in a.variant)
-            or any(b not in ARMS for b in bases)):
+    missing = [p for p in encoders.values() if not Path(p).is_file()]
+    if missing:
+        ap.error(f"--encoder: {missing[0] or 'PATH'}: no such encoder file")
+    if (unknown or any(len(v) < 2 or "=" in v[0] for v in a.variant) or any(b not in ARMS for b in bases)):
         ap.error(f"unknown arms {unknown} (known: {', '.join(OVERRIDES)}); --encoder takes NAME=PATH, "
                  f"--variant NAME[:ARM] KEY=VALUE ... with ARM one of {', '.join(ARMS)}")
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None

@@ -63,3 +63,11 @@ def test_transfer_runs_every_arm_at_every_seed_on_a_generated_family_and_pairs_t
         assert -1 <= out[pair]["ci95"][0] <= out[pair]["ci95"][1] <= 1
         assert -1 <= out[pair]["ci95_exams"][0] <= out[pair]["ci95_exams"][1] <= 1
     assert "mixed: gmml" in res.stdout and "(seeds " in res.stdout
+
+
+def test_a_missing_candidate_encoder_is_one_line_before_any_work(tmp_path: Path):
+    res = subprocess.run([sys.executable, str(SCRIPT), "--work", str(tmp_path / "w"), "--families", "mixed",
+                          "--encoder", f"cand={tmp_path / 'nope.safetensors'}"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2 and "nope.safetensors: no such encoder file" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()  # nothing generated, nothing written
