@@ -65,27 +65,25 @@ def assign_labels(n: int, split: str, seed: int, acl_prevalence: float = 0.0) ->
     return [Labels(int(i in abnormal), int(i in acl), int(i in men)) for i in range(n)]
 
 
-
-
 def _write_exam(args: tuple) -> dict[str, object]:
     out, split, case, labels, spec = args
     name = mix_member(spec.family, case)
+    tag = {"family": name} if len(spec.families()) > 1 else {}  # a mix names each exam's family
     if name == phantom2.NAME:
         volumes, row = phantom2.render_case(spec.seed, case, split, labels, spec.size)
-        row = row if len(spec.families()) == 1 else {**row, "family": name}
+        row.update(tag)
     else:
-        volumes, row = _render_family_exam(case, split, labels, spec, name)
+        volumes, row = _render_family_exam(case, split, labels, spec, name, tag)
     for plane, vol in volumes.items():
         save_npy_atomic(out / split / plane / f"{case:04d}.npy", vol)
     return row
 
 
-def _render_family_exam(case: int, split: str, labels: Labels, spec: SynthSpec, name: str
+def _render_family_exam(case: int, split: str, labels: Labels, spec: SynthSpec, name: str, tag: dict
                         ) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """The first phantom's exam and its findings row: findings, then `tag`, then what the family drew."""
     exam = render_exam(spec.seed, case, split, labels, spec.size, spec.difficulty, family(name))
-    row = findings_row(case, exam.knee.findings)
-    if len(spec.families()) > 1:
-        row["family"] = name
+    row = {**findings_row(case, exam.knee.findings), **tag}
     if exam.acquisitions:  # what the family drew for the sagittal series (the plane the tasks read first)
         row.update({f"sag_{k}": (round(v, 4) if isinstance(v, float) else int(v) if isinstance(v, bool) else v)
                     for k, v in asdict(exam.acquisitions["sagittal"]).items()})
